@@ -1,0 +1,314 @@
+"""Typed run configuration: dataclasses loaded from YAML plus dotted CLI overrides, validated once.
+
+    cfg = load_config("configs/tiny_cpu.yaml", ["train.iters=20", "parallel.tp=2"])
+
+Every key a user can set is a dataclass field below (the single source of truth for names, types,
+defaults and docs). An unknown key or a value of the wrong type is a one-line `ConfigError` naming the
+key; cross-field rules (TP divides the heads, batch sizes divide) are checked in `Config.validate`.
+"""
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import List, Literal, Optional, Union
+
+import yaml
+
+from megakd.errors import ConfigError
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = 1
+    """Tensor-parallel size (megatron-core tensor_model_parallel_size)."""
+    pp: int = 1
+    """Pipeline-parallel size; 1F1B schedule when > 1."""
+    sequence_parallel: bool = False
+    """Megatron sequence parallelism (needs tp > 1)."""
+    distributed_optimizer: bool = False
+    """Shard optimizer state over data-parallel ranks (megatron-core DistributedOptimizer)."""
+    timeout_minutes: float = 10.0
+    """Collective timeout: a dead or hung rank stops the job after this long instead of hanging."""
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["llama", "gpt2"] = "llama"
+    """llama: RMSNorm, SwiGLU, RoPE, no biases. gpt2: LayerNorm, GELU, learned positions, biases."""
+    num_layers: int = 2
+    hidden_size: int = 64
+    ffn_hidden_size: Optional[int] = None
+    """Default: 4*hidden (gpt2) or the Llama rule 8/3*hidden rounded up to a multiple of 64."""
+    num_attention_heads: int = 4
+    num_query_groups: Optional[int] = None
+    """Grouped-query attention: number of KV heads (None = multi-head attention)."""
+    vocab_size: Optional[int] = None
+    """Default: the tokenizer's vocabulary size (padded up to make_vocab_size_divisible_by * tp)."""
+    make_vocab_size_divisible_by: int = 128
+    max_position_embeddings: Optional[int] = None
+    """Default: train.seq_length."""
+    rotary_base: float = 10000.0
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-5
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    init_method_std: float = 0.02
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    fp8: bool = False
+    """Run linear layers in FP8 through Transformer Engine (needs TE and a Hopper GPU)."""
+    transformer_impl: Literal["auto", "local", "transformer_engine"] = "auto"
+    """auto: Transformer Engine spec when TE and CUDA are present, megatron-core local spec otherwise."""
+
+
+@dataclass
+class DataConfig:
+    prefix: Union[str, List[Union[str, float]], None] = None
+    """Indexed dataset prefix, or a blend: [w1, prefix1, w2, prefix2, ...] or [prefix1, prefix2]."""
+    tokenizer: Optional[str] = None
+    """Local Hugging Face tokenizer directory (gives vocab size and the end-of-document id)."""
+    split: str = "98,1,1"
+    """train,valid,test weights over documents, as in Megatron."""
+    cache_dir: Optional[str] = None
+    """Where megatron-core caches sample indices (default: beside the data)."""
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    iters: int = 20
+    micro_batch_size: int = 2
+    global_batch_size: int = 4
+    seq_length: int = 64
+    seed: int = 1234
+    eval_interval: int = 0
+    """Run validation every N iterations (0 = never)."""
+    eval_iters: int = 2
+    exit_interval: int = 0
+    """Stop (after saving) once the iteration is a multiple of this; 0 = run to train.iters."""
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Literal["adam", "sgd"] = "adam"
+    """adam is AdamW (decoupled weight decay), as in megatron-core."""
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    lr_schedule: Literal["constant", "linear", "cosine", "wsd"] = "cosine"
+    warmup_iters: int = 0
+    decay_iters: Optional[int] = None
+    """Iterations over which the LR decays (default: train.iters)."""
+    wsd_decay_iters: Optional[int] = None
+    """WSD only: length of the final decay phase (default: 20 % of decay_iters)."""
+    wsd_decay_style: Literal["linear", "cosine", "exponential", "minus_sqrt"] = "linear"
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    clip_grad: float = 1.0
+
+
+@dataclass
+class CheckpointConfig:
+    save: Optional[str] = None
+    """Directory for distributed checkpoints (iter_XXXXXXX/ + latest_checkpointed_iteration.txt)."""
+    load: Optional[str] = None
+    """Resume from this directory's latest complete checkpoint (model, optimizer, schedule, data, RNG)."""
+    interval: int = 0
+    """Save every N iterations (0 = only at the end)."""
+    pretrained: Optional[str] = None
+    """Initialise model weights only from this checkpoint (any TP/PP) and start at iteration 0."""
+    async_save: bool = False
+
+
+@dataclass
+class LogConfig:
+    interval: int = 1
+    """Print/record training metrics every N iterations."""
+    tensorboard_dir: Optional[str] = None
+    metrics_file: Optional[str] = None
+    """Also append every logged step as a JSON line here (what tests and benchmarks read)."""
+
+
+@dataclass
+class Config:
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def validate(self, world_size: Optional[int] = None) -> "Config":
+        """Cross-field checks; raises ConfigError naming the keys to change."""
+        p, m, t = self.parallel, self.model, self.train
+        _positive(self, ["parallel.tp", "parallel.pp", "model.num_layers", "model.hidden_size",
+                         "model.num_attention_heads", "train.micro_batch_size",
+                         "train.global_batch_size", "train.seq_length"])
+        _non_negative(self, ["train.iters", "train.eval_interval", "checkpoint.interval",
+                             "optim.warmup_iters", "train.exit_interval"])
+        if m.num_attention_heads % p.tp:
+            raise ConfigError(f"parallel.tp={p.tp} does not divide model.num_attention_heads="
+                              f"{m.num_attention_heads}; choose a tp that divides the head count")
+        groups = m.num_query_groups or m.num_attention_heads
+        if m.num_attention_heads % groups:
+            raise ConfigError(f"model.num_query_groups={groups} must divide "
+                              f"model.num_attention_heads={m.num_attention_heads}")
+        if groups % p.tp:
+            raise ConfigError(f"parallel.tp={p.tp} does not divide model.num_query_groups={groups}")
+        if m.hidden_size % m.num_attention_heads:
+            raise ConfigError(f"model.hidden_size={m.hidden_size} is not a multiple of "
+                              f"model.num_attention_heads={m.num_attention_heads}")
+        if m.num_layers % p.pp:
+            raise ConfigError(f"parallel.pp={p.pp} does not divide model.num_layers={m.num_layers}")
+        if p.sequence_parallel and p.tp == 1:
+            raise ConfigError("parallel.sequence_parallel needs parallel.tp > 1")
+        if t.global_batch_size % t.micro_batch_size:
+            raise ConfigError(f"train.global_batch_size={t.global_batch_size} is not a multiple of "
+                              f"train.micro_batch_size={t.micro_batch_size}")
+        if world_size is not None:
+            if world_size % (p.tp * p.pp):
+                raise ConfigError(f"world size {world_size} is not a multiple of parallel.tp*parallel.pp"
+                                  f"={p.tp * p.pp}; launch a multiple of tp*pp processes")
+            dp = world_size // (p.tp * p.pp)
+            if t.global_batch_size % (t.micro_batch_size * dp):
+                raise ConfigError(f"train.global_batch_size={t.global_batch_size} is not a multiple of "
+                                  f"micro_batch_size*data_parallel={t.micro_batch_size * dp}")
+        if self.optim.min_lr > self.optim.lr:
+            raise ConfigError("optim.min_lr must not exceed optim.lr")
+        if self.data.prefix is None:
+            raise ConfigError("data.prefix is not set; point it at a <prefix> with .bin/.idx "
+                              "(make one with tools/preprocess_data.py)")
+        if self.data.tokenizer is None:
+            raise ConfigError("data.tokenizer is not set; point it at a local Hugging Face tokenizer dir")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _get(cfg, dotted):
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _positive(cfg, keys):
+    for k in keys:
+        if _get(cfg, k) <= 0:
+            raise ConfigError(f"{k}={_get(cfg, k)} must be positive")
+
+
+def _non_negative(cfg, keys):
+    for k in keys:
+        if _get(cfg, k) < 0:
+            raise ConfigError(f"{k}={_get(cfg, k)} must not be negative")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading: YAML -> nested dict -> dataclasses, type-checked field by field.
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None,
+                validate: bool = True, world_size: Optional[int] = None) -> Config:
+    """Build a Config from a YAML file (optional) and `key.sub=value` overrides (YAML-typed values)."""
+    raw = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {path!r} does not exist; pass --config with a YAML file "
+                              f"(e.g. configs/tiny_cpu.yaml)")
+        with open(path) as f:
+            try:
+                raw = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"config file {path!r} is not valid YAML: "
+                                  f"{str(e).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path!r} must hold a mapping of sections")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
+    cfg = from_dict(Config, raw)
+    return cfg.validate(world_size) if validate else cfg
+
+
+def _set_dotted(raw: dict, key: str, value):
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def from_dict(cls, raw: dict, where: str = ""):
+    """Instantiate dataclass `cls` from `raw`, rejecting unknown keys and ill-typed values."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config section {where.rstrip('.') or '<root>'} must be a mapping, "
+                          f"got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean '{where}{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{where}{key}'{hint}")
+        kwargs[key] = _coerce(hints[key], value, f"{where}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(tp, value, key):
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value or {}, key + ".")
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0] if len(errors) == 1 else _type_error(key, value, tp)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"config key '{key}' must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise _type_error(key, value, tp)
+        return [_coerce(args[0], v, key) for v in value] if args else list(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _type_error(key, value, tp)
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _type_error(key, value, tp)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _type_error(key, value, tp)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _type_error(key, value, tp)
+    return value
+
+
+def _type_error(key, value, tp):
+    name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    return ConfigError(f"config key '{key}' expects {name}, got {value!r}")

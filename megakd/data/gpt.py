@@ -1,0 +1,100 @@
+"""Training data: megatron-core GPTDataset (through BlendedMegatronDatasetBuilder) -> micro-batches.
+
+Sample order is a pure function of (data, seed, seq_length): every rank can read the stream itself
+(TP/PP ranks read the same micro-batches; DP rank r takes slice r of each step's global batch, like
+Megatron-LM's MegatronPretrainingSampler), so DP=1 and DP=2 see the same global batches, and resuming
+at `consumed_samples` continues the exact stream.
+"""
+
+import os
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Tuple
+
+import torch
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+from megakd.config import Config
+from megakd.data.indexed import open_indexed
+from megakd.errors import ConfigError
+
+
+def parse_blend(prefix) -> Tuple[List[str], Optional[List[float]]]:
+    """`data.prefix` -> (prefixes, weights): "p", ["p1", "p2"] or [w1, "p1", w2, "p2"]."""
+    if isinstance(prefix, str):
+        return [prefix], None
+    items = list(prefix)
+    if all(isinstance(x, str) for x in items):
+        return items, None
+    if len(items) % 2 or not all(isinstance(w, (int, float)) and isinstance(p, str)
+                                 for w, p in zip(items[::2], items[1::2])):
+        raise ConfigError("data.prefix blend must be [weight1, prefix1, weight2, prefix2, ...]")
+    weights = [float(w) for w in items[::2]]
+    if any(w <= 0 for w in weights):
+        raise ConfigError("data.prefix blend weights must be positive")
+    return list(items[1::2]), weights
+
+
+def dataset_config(cfg: Config, tokenizer) -> GPTDatasetConfig:
+    prefixes, weights = parse_blend(cfg.data.prefix)
+    for p in prefixes:
+        open_indexed(p)  # one-line DataError for a missing/corrupt dataset, before megatron sees it
+    return GPTDatasetConfig(
+        random_seed=cfg.train.seed,
+        sequence_length=cfg.train.seq_length,
+        blend=(prefixes, weights),
+        split=cfg.data.split,
+        path_to_cache=cfg.data.cache_dir,
+        tokenizer=tokenizer,
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        create_attention_mask=False,
+        mid_level_dataset_surplus=0.005,
+    )
+
+
+def build_datasets(cfg: Config, tokenizer, num_train_samples: int, num_valid_samples: int):
+    """(train, valid) GPTDatasets; rank 0 builds the index caches first, the others then load them."""
+    config = dataset_config(cfg, tokenizer)
+    train, valid, _ = BlendedMegatronDatasetBuilder(
+        GPTDataset, [num_train_samples, num_valid_samples, 0], lambda: True, config
+    ).build()
+    return train, valid
+
+
+@dataclass
+class BatchStream:
+    """Micro-batches of one data-parallel rank, starting after `consumed_samples` global samples."""
+
+    dataset: object
+    micro_batch_size: int
+    dp_rank: int
+    dp_size: int
+    consumed_samples: int = 0
+    num_workers: int = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        step = self.micro_batch_size * self.dp_size
+        start = self.consumed_samples + self.dp_rank * self.micro_batch_size
+
+        def indices():
+            i = start
+            while True:
+                yield [(i + j) % len(self.dataset) for j in range(self.micro_batch_size)]
+                i += step
+
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=indices(), num_workers=self.num_workers,
+            persistent_workers=False, collate_fn=_collate)
+        return iter(loader)
+
+
+def _collate(samples: List[dict]) -> dict:
+    keys = ("tokens", "labels", "loss_mask", "position_ids")
+    return {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in keys}
+
+
+def default_cache_dir(cfg: Config) -> Optional[str]:
+    return cfg.data.cache_dir or (os.path.join(cfg.checkpoint.save, "data_cache")
+                                  if cfg.checkpoint.save else None)

@@ -1,0 +1,145 @@
+"""Build megatron-core GPTModels from a `ModelConfig`.
+
+One builder for the families megakd supports; a family is a handful of TransformerConfig switches
+(norm, MLP, positions, biases), and the backend (megatron-core local modules vs Transformer Engine) is
+a layer-spec swap, as megatron-core intends.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer import TransformerConfig
+
+from megakd.config import ModelConfig, ParallelConfig
+from megakd.errors import ConfigError, PlatformError
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def padded_vocab_size(vocab_size: int, cfg: ModelConfig, tp: int) -> int:
+    """Pad to a multiple of make_vocab_size_divisible_by.
+
+    Unlike Megatron-LM we do not multiply the multiple by TP: the padded size (and so the checkpoint's
+    embedding shape) stays the same at every TP, which keeps checkpoints reshardable across TP.
+    """
+    if cfg.vocab_size is not None:
+        if cfg.vocab_size < vocab_size:
+            raise ConfigError(f"model.vocab_size={cfg.vocab_size} is smaller than the tokenizer's "
+                              f"{vocab_size}; unset it or raise it")
+        vocab_size = cfg.vocab_size
+    multiple = cfg.make_vocab_size_divisible_by
+    padded = int(math.ceil(vocab_size / multiple) * multiple)
+    if padded % tp:
+        raise ConfigError(f"padded vocab {padded} is not divisible by parallel.tp={tp}; set "
+                          f"model.make_vocab_size_divisible_by to a multiple of {tp}")
+    return padded
+
+
+def ffn_hidden_size(cfg: ModelConfig) -> int:
+    if cfg.ffn_hidden_size is not None:
+        return cfg.ffn_hidden_size
+    if cfg.arch == "gpt2":
+        return 4 * cfg.hidden_size
+    return int(math.ceil(8 * cfg.hidden_size / 3 / 64) * 64)
+
+
+def use_transformer_engine(cfg: ModelConfig) -> bool:
+    """Resolve model.transformer_impl; 'transformer_engine' or fp8 without TE+CUDA is an error."""
+    have_te = False
+    if torch.cuda.is_available():
+        try:
+            import transformer_engine  # noqa: F401
+
+            have_te = True
+        except Exception:
+            have_te = False
+    wants = cfg.transformer_impl == "transformer_engine" or cfg.fp8
+    if wants and not have_te:
+        what = "model.fp8=true" if cfg.fp8 else "model.transformer_impl=transformer_engine"
+        raise PlatformError(f"{what} needs CUDA and Transformer Engine (use the GPU container, see "
+                            f"Dockerfile); on CPU set model.transformer_impl=local and model.fp8=false")
+    return have_te and cfg.transformer_impl != "local"
+
+
+def transformer_config(cfg: ModelConfig, parallel: ParallelConfig) -> TransformerConfig:
+    """The megatron-core TransformerConfig for a model family at a given parallel layout."""
+    llama = cfg.arch == "llama"
+    on_cpu = not torch.cuda.is_available()
+    dtype = _DTYPES[cfg.precision]
+    fp8 = {}
+    if cfg.fp8:
+        use_transformer_engine(cfg)  # raises a one-line error without TE + CUDA
+        fp8 = dict(fp8="hybrid", fp8_recipe="delayed")
+    return TransformerConfig(
+        num_layers=cfg.num_layers,
+        hidden_size=cfg.hidden_size,
+        ffn_hidden_size=ffn_hidden_size(cfg),
+        num_attention_heads=cfg.num_attention_heads,
+        num_query_groups=cfg.num_query_groups,
+        kv_channels=cfg.hidden_size // cfg.num_attention_heads,
+        normalization="RMSNorm" if llama else "LayerNorm",
+        layernorm_epsilon=cfg.norm_eps,
+        gated_linear_unit=llama,
+        activation_func=F.silu if llama else (lambda x: F.gelu(x, approximate="tanh")),
+        add_bias_linear=not llama,
+        add_qkv_bias=not llama,
+        hidden_dropout=cfg.hidden_dropout,
+        attention_dropout=cfg.attention_dropout,
+        init_method_std=cfg.init_method_std,
+        tensor_model_parallel_size=parallel.tp,
+        pipeline_model_parallel_size=parallel.pp,
+        sequence_parallel=parallel.sequence_parallel,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=cfg.precision == "bf16",
+        fp16=cfg.precision == "fp16",
+        use_cpu_initialization=on_cpu,
+        # Fused kernels need apex/TE on a GPU; the unfused paths are the same math.
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        bias_dropout_fusion=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+        calculate_per_token_loss=True,
+        **fp8,
+    )
+
+
+def layer_spec(cfg: ModelConfig):
+    if use_transformer_engine(cfg):
+        from megatron.core.models.gpt.gpt_layer_specs import (
+            get_gpt_layer_with_transformer_engine_spec,
+        )
+
+        return get_gpt_layer_with_transformer_engine_spec()
+    return get_gpt_layer_local_spec(normalization="RMSNorm" if cfg.arch == "llama" else "LayerNorm")
+
+
+def build_model(cfg: ModelConfig, parallel: ParallelConfig, vocab_size: int, seq_length: int,
+                pre_process=None, post_process=None) -> GPTModel:
+    """A GPTModel for this rank's pipeline stage (needs megatron parallel_state initialised)."""
+    tconfig = transformer_config(cfg, parallel)
+    if pre_process is None:
+        pre_process = parallel_state.is_pipeline_first_stage()
+    if post_process is None:
+        post_process = parallel_state.is_pipeline_last_stage()
+    model = GPTModel(
+        config=tconfig,
+        transformer_layer_spec=layer_spec(cfg),
+        vocab_size=padded_vocab_size(vocab_size, cfg, parallel.tp),
+        max_sequence_length=cfg.max_position_embeddings or seq_length,
+        pre_process=pre_process,
+        post_process=post_process,
+        parallel_output=True,
+        share_embeddings_and_output_weights=cfg.tie_embeddings,
+        position_embedding_type="rope" if cfg.arch == "llama" else "learned_absolute",
+        rotary_base=int(cfg.rotary_base),
+    )
+    if not torch.cuda.is_available():
+        return model
+    return model.cuda(torch.cuda.current_device())

@@ -1,0 +1,197 @@
+"""The training story: set up parallel state, model, optimizer and data; loop; validate; checkpoint.
+
+Everything distributed is megatron-core's: GPTModel, DDP with grad buckets, (distributed) optimizer,
+`get_forward_backward_func` (1F1B when PP > 1), `finalize_model_grads`, dist_checkpointing.
+Losses are summed per token and divided by the global token count (`calculate_per_token_loss`), so
+the loss and gradients of a step do not depend on how the global batch is split over DP ranks and
+micro-batches.
+"""
+
+import os
+import signal
+import time
+from functools import partial
+from typing import Dict, Iterator, List, Optional
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.distributed import finalize_model_grads
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from megakd import platform
+from megakd.config import Config
+from megakd.data.gpt import BatchStream, build_datasets
+from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer
+from megakd.models import build_model
+from megakd.training import checkpoint
+from megakd.training.logging import MetricsLogger
+from megakd.training.optimizer import build_optimizer, build_scheduler
+
+# Crash injection for resume tests: SIGKILL this process when it reaches the given iteration.
+FAULT_ENV = "MEGAKD_FAULT_KILL_AT_ITER"
+
+
+class Trainer:
+    loss_keys = ["lm loss"]
+    """What loss_func reports per micro-batch, each as a [sum, token count] pair."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        p = cfg.parallel
+        self.env = platform.init_model_parallel(p.tp, p.pp, cfg.train.seed, p.timeout_minutes)
+        cfg.validate(self.env.world_size)
+        self.tokenizer = MegatronTokenizer(load_tokenizer(cfg.data.tokenizer))
+        self.dp_size = ps.get_data_parallel_world_size()
+        self.dp_rank = ps.get_data_parallel_rank()
+        self.num_microbatches = cfg.train.global_batch_size // (cfg.train.micro_batch_size * self.dp_size)
+
+        self.model = build_model(cfg.model, p, self.tokenizer.vocab_size, cfg.train.seq_length)
+        self.ddp = DistributedDataParallel(
+            self.model.config,
+            DistributedDataParallelConfig(grad_reduce_in_fp32=True,
+                                          use_distributed_optimizer=p.distributed_optimizer),
+            module=self.model)
+        self.optimizer = build_optimizer(cfg, [self.ddp])
+        self.scheduler = build_scheduler(cfg, self.optimizer)
+        mconfig = self.model.config
+        mconfig.no_sync_func = self.ddp.no_sync
+        mconfig.finalize_model_grads_func = finalize_model_grads
+        mconfig.grad_scale_func = self.optimizer.scale_loss
+
+        self.iteration = 0
+        self.consumed_samples = 0
+        self._load()
+
+        t, c = cfg.train, cfg.checkpoint
+        evals = (t.iters // t.eval_interval + 1) if t.eval_interval else 0
+        self.train_ds, self.valid_ds = build_datasets(
+            cfg, self.tokenizer, t.iters * t.global_batch_size,
+            max(evals * t.eval_iters * t.global_batch_size, 1))
+        self.train_iter = iter(BatchStream(self.train_ds, t.micro_batch_size, self.dp_rank,
+                                           self.dp_size, self.consumed_samples, cfg.data.num_workers))
+        is_logger = self.env.rank == 0
+        self.logger = MetricsLogger(is_logger, cfg.log.tensorboard_dir, cfg.log.metrics_file)
+        self.forward_backward = get_forward_backward_func()
+        if is_logger:
+            n = sum(x.numel() for x in self.model.parameters())
+            print(f"megakd: world {self.env.world_size} (tp {p.tp}, pp {p.pp}, dp {self.dp_size}) on "
+                  f"{self.env.backend}; stage-0 params {n:,}; start at iteration {self.iteration}; "
+                  f"checkpoints -> {c.save or 'none'}", flush=True)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _load(self):
+        c = self.cfg.checkpoint
+        if c.load and checkpoint.latest_iteration(c.load) is not None:
+            common = checkpoint.load(c.load, self.model, self.optimizer, self.scheduler)
+            self.iteration = common["iteration"]
+            self.consumed_samples = common["consumed_samples"]
+        elif c.pretrained:
+            checkpoint.load_weights(c.pretrained, self.model)
+
+    def save(self):
+        if not self.cfg.checkpoint.save:
+            return
+        common = {"consumed_samples": self.consumed_samples, "config": self.cfg.to_dict(),
+                  "vocab_size": self.tokenizer.vocab_size, **checkpoint.layout_state()}
+        checkpoint.save(self.cfg.checkpoint.save, self.iteration, self.model, self.optimizer,
+                        self.scheduler, common)
+
+    # ------------------------------------------------------------------ steps
+    def forward_step(self, data_iterator: Iterator[dict], model):
+        batch = next(data_iterator)
+        output = model(batch["tokens"].to(self.env.device), batch["position_ids"].to(self.env.device),
+                       None, labels=batch["labels"].to(self.env.device))
+        return output, partial(self.loss_func, batch["loss_mask"].to(self.env.device))
+
+    def loss_func(self, loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
+        """Sum of masked per-token LM losses + token count; megatron divides by the global count."""
+        mask = loss_mask.float()
+        loss = (per_token_loss.float() * mask).sum()
+        tokens = mask.sum().to(torch.int)
+        return loss, tokens, {"lm loss": torch.stack([loss.detach(), mask.sum()])}
+
+    def _run(self, data_iter, forward_only: bool) -> List[Dict[str, torch.Tensor]]:
+        t = self.cfg.train
+        return self.forward_backward(
+            forward_step_func=self.forward_step, data_iterator=data_iter, model=[self.ddp],
+            num_microbatches=self.num_microbatches, seq_length=t.seq_length,
+            micro_batch_size=t.micro_batch_size, forward_only=forward_only)
+
+    def _reduce(self, stats: List[Dict[str, torch.Tensor]]) -> Dict[str, float]:
+        """Per-microbatch [sum, count] pairs -> global per-token means, known on every rank."""
+        total = torch.zeros(len(self.loss_keys), 2, dtype=torch.float64)
+        for s in stats:  # empty except on the last pipeline stage
+            total += torch.stack([s[k].double().cpu() for k in self.loss_keys])
+        dist.all_reduce(total, group=ps.get_data_parallel_group())
+        dist.broadcast(total, src=ps.get_pipeline_model_parallel_last_rank(),
+                       group=ps.get_pipeline_model_parallel_group())
+        return {k: (total[i, 0] / total[i, 1].clamp(min=1)).item()
+                for i, k in enumerate(self.loss_keys)}
+
+    def train_step(self) -> Dict[str, float]:
+        self.ddp.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        stats = self._run(self.train_iter, forward_only=False)
+        ok, grad_norm, _ = self.optimizer.step()
+        self.scheduler.step(increment=1)
+        metrics = self._reduce(stats)
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        metrics["grad norm"] = float(grad_norm) if grad_norm is not None else 0.0
+        if not ok:
+            metrics["skipped"] = 1.0
+        return metrics
+
+    def evaluate(self) -> Dict[str, float]:
+        t = self.cfg.train
+        done = self.iteration // t.eval_interval
+        stream = BatchStream(self.valid_ds, t.micro_batch_size, self.dp_rank, self.dp_size,
+                             (done - 1) * t.eval_iters * t.global_batch_size)
+        valid_iter = iter(stream)
+        for m in self.ddp.modules():
+            m.eval()
+        stats = []
+        with torch.no_grad():
+            for _ in range(t.eval_iters):
+                stats += self._run(valid_iter, forward_only=True)
+        self.ddp.train()
+        return self._reduce(stats)
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> None:
+        t, c, lg = self.cfg.train, self.cfg.checkpoint, self.cfg.log
+        fault = int(os.environ.get(FAULT_ENV, "0"))
+        self.ddp.train()
+        tokens_per_step = t.global_batch_size * t.seq_length
+        while self.iteration < t.iters:
+            if fault and self.iteration + 1 == fault:
+                os.kill(os.getpid(), signal.SIGKILL)
+            start = time.perf_counter()
+            metrics = self.train_step()
+            self.iteration += 1
+            self.consumed_samples += t.global_batch_size
+            elapsed = time.perf_counter() - start
+            metrics["tokens/s"] = tokens_per_step / elapsed
+            metrics["step time"] = elapsed
+            if self.iteration % lg.interval == 0 or self.iteration == t.iters:
+                self.logger.log(self.iteration, metrics)
+            if t.eval_interval and self.iteration % t.eval_interval == 0:
+                self.logger.log(self.iteration, self.evaluate(), prefix="valid")
+            exiting = t.exit_interval and self.iteration % t.exit_interval == 0
+            if c.interval and self.iteration % c.interval == 0 or exiting:
+                self.save()
+            if exiting:
+                break
+        if c.save and (checkpoint.latest_iteration(c.save) or -1) < self.iteration:
+            self.save()
+        self.logger.close()
+
+
+def run(cfg: Config) -> None:
+    """Build a Trainer from a validated config, train, tear down."""
+    trainer = Trainer(cfg)
+    try:
+        trainer.train()
+    finally:
+        platform.destroy()

@@ -1,12 +1,15 @@
 """Data preprocessing: local tokenizers, megatron-core indexed datasets, corpus -> .bin/.idx.
 
-megatron-core warns at import time that Transformer Engine/Apex are missing; on a CPU machine that
-is expected, and the warning would turn every one-line CLI error into several lines, so the first
-import happens here with that one warning silenced.
+Kept import-light on purpose: `import megatron.core` costs seconds (it pulls in torch and most of
+megatron-core), and a CLI should reject a mistyped path before paying for it.
 """
 
 import warnings
 
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
-    import megatron.core  # noqa: F401
+
+def import_megatron_quietly() -> None:
+    """Import megatron.core with its "Transformer Engine and Apex are not installed" warnings
+    silenced: expected on CPU, and they would turn a one-line CLI error into many lines."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed")
+        import megatron.core  # noqa: F401

@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy
-from megatron.core.datasets.indexed_dataset import (
+
+from megakd.data import import_megatron_quietly
+from megakd.errors import DataError
+
+import_megatron_quietly()
+from megatron.core.datasets.indexed_dataset import (  # noqa: E402
     _INDEX_HEADER,
     DType,
     IndexedDataset,
@@ -21,8 +26,6 @@ from megatron.core.datasets.indexed_dataset import (
     get_bin_path,
     get_idx_path,
 )
-
-from megakd.errors import DataError
 
 # magic (9) + version (8) + dtype code (1) + sequence count (8) + document count (8)
 _HEADER_SIZE = 34

@@ -25,8 +25,6 @@ import time
 from dataclasses import dataclass
 from typing import Iterator, List, Optional
 
-from megakd.data.indexed import check_writable, write_indexed
-from megakd.data.tokenizer import load_tokenizer
 from megakd.errors import DataError
 
 TEXT_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
@@ -198,11 +196,14 @@ def preprocess(input_path: str, tokenizer_path: str, output_prefix: str, *, work
     global _TOKENIZER
     if workers < 1:
         raise DataError(f"--workers must be >= 1, got {workers}")
-    # cheap checks first, so a typo fails before the slow tokenizer load
     texts = iter_texts(input_path, json_key)
     first = next(texts, None)
     if first is None:
         raise DataError(f"input {input_path} holds no documents")
+    # imported only now: megatron-core and transformers take seconds; a bad input fails first
+    from megakd.data.indexed import check_writable, write_indexed
+    from megakd.data.tokenizer import load_tokenizer
+
     check_writable(output_prefix)
     tokenizer = load_tokenizer(tokenizer_path)
     eod = tokenizer.eos_token_id

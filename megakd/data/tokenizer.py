@@ -11,9 +11,11 @@ import os
 from collections import OrderedDict
 from typing import Iterable, List, Optional, Sequence
 
-from megatron.core.tokenizers import MegatronTokenizerBase
-
+from megakd.data import import_megatron_quietly
 from megakd.errors import DataError
+
+import_megatron_quietly()
+from megatron.core.tokenizers import MegatronTokenizerBase  # noqa: E402
 
 EOS_TOKEN = "<|endoftext|>"
 

@@ -148,13 +148,16 @@ def iter_texts(path: str, json_key: str = "text") -> Iterator[str]:
             raise DataError(f"input {item}: unsupported file type; use one of {TEXT_SUFFIXES}")
 
 
-def _batches(texts: Iterator[str], size: int) -> Iterator[List[str]]:
-    batch = []
+def _batches(texts: Iterator[str], size: int, max_chars: int = 1 << 18) -> Iterator[List[str]]:
+    """Groups of up to ``size`` documents, cut early at ``max_chars`` so that a corpus of a few
+    long documents (books) still spreads over the workers."""
+    batch, chars = [], 0
     for text in texts:
         batch.append(text)
-        if len(batch) == size:
+        chars += len(text)
+        if len(batch) == size or chars >= max_chars:
             yield batch
-            batch = []
+            batch, chars = [], 0
     if batch:
         yield batch
 

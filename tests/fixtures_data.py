@@ -60,6 +60,6 @@ def make_saved_dataset(folder, texts=None, key="text") -> str:
     import datasets
 
     folder = os.fspath(folder)
-    datasets.Dataset.from_dict({key: list(texts if texts is not None else TINY_TEXTS)}).save_to_disk(
-        folder)
+    rows = {key: list(texts if texts is not None else TINY_TEXTS)}
+    datasets.Dataset.from_dict(rows).save_to_disk(folder)
     return folder

@@ -177,8 +177,9 @@ def fetch_assets(cache_dir: str, names: Iterable[str] = DEFAULT_ASSETS,
             except OSError:
                 if not os.path.isdir(final):  # else a concurrent fetch finished it first
                     raise
+            seconds = time.perf_counter() - start
             log(f"{name}: {asset.spec} ({os.path.getsize(archive) / 1e6:.1f} MB download) -> "
-                f"{final} ({_folder_size(final) / 1e6:.1f} MB) in {time.perf_counter() - start:.1f} s")
+                f"{final} ({_folder_size(final) / 1e6:.1f} MB) in {seconds:.1f} s")
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return paths

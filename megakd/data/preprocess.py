@@ -41,8 +41,13 @@ class PreprocessResult:
 
 
 def _is_saved_dataset(path: str) -> bool:
-    return os.path.isdir(path) and any(
-        os.path.isfile(os.path.join(path, f)) for f in ("dataset_info.json", "dataset_dict.json"))
+    """A folder written by Dataset.save_to_disk (state.json + dataset_info.json) or
+    DatasetDict.save_to_disk (dataset_dict.json)."""
+    def has(*names):
+        return all(os.path.isfile(os.path.join(path, n)) for n in names)
+
+    return os.path.isdir(path) and (has("state.json", "dataset_info.json")
+                                    or has("dataset_dict.json"))
 
 
 def list_inputs(path: str) -> List[str]:

@@ -26,12 +26,12 @@ def test_fingerprint_differs_between_tokenizers(tok_dir, tmp_path):
     assert vocab_fingerprint(load_tokenizer(tok_dir)) != vocab_fingerprint(load_tokenizer(other))
 
 
-@pytest.mark.parametrize("kind", ["missing", "empty_dir", "not_gguf_file"])
+@pytest.mark.parametrize("kind", ["missing", "empty_dir", "not_gguf_file", "corrupt_gguf"])
 def test_load_tokenizer_errors_are_one_line(tmp_path, kind):
-    path = tmp_path / "tok"
+    path = tmp_path / ("tok.gguf" if kind == "corrupt_gguf" else "tok")
     if kind == "empty_dir":
         path.mkdir()
-    elif kind == "not_gguf_file":
+    elif kind in ("not_gguf_file", "corrupt_gguf"):
         path.write_text("hello")
     with pytest.raises(DataError) as err:
         load_tokenizer(str(path))

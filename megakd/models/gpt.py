@@ -71,6 +71,9 @@ def transformer_config(cfg: ModelConfig, parallel: ParallelConfig) -> Transforme
     on_cpu = not torch.cuda.is_available()
     dtype = _DTYPES[cfg.precision]
     fp8 = {}
+    if parallel.sequence_parallel and not use_transformer_engine(cfg):
+        raise PlatformError("parallel.sequence_parallel needs Transformer Engine norms (GPU container); "
+                            "set parallel.sequence_parallel=false on CPU")
     if cfg.fp8:
         use_transformer_engine(cfg)  # raises a one-line error without TE + CUDA
         fp8 = dict(fp8="hybrid", fp8_recipe="delayed")

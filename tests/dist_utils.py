@@ -1,0 +1,60 @@
+"""Run megakd entry points as real processes (python or torchrun/gloo) and read their metrics."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRETRAIN = os.path.join(REPO, "examples", "pretrain_pd.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_job(args, nproc: int = 1, env=None, timeout: int = 600, script: str = PRETRAIN,
+            check: bool = True) -> subprocess.CompletedProcess:
+    """`python script args` (nproc=1) or `torchrun --nproc-per-node nproc script args`."""
+    if nproc == 1:
+        cmd = [sys.executable, script]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+               "--master-port", str(free_port()), script]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, **(env or {})}
+    proc = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"job failed ({proc.returncode}): {' '.join(cmd + list(map(str, args)))}"
+                             f"\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n"
+                             f"{proc.stderr[-4000:]}")
+    return proc
+
+
+def read_metrics(path, split="train"):
+    """{iteration: metrics} from a log.metrics_file."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec["split"] == split:
+                out[rec["iter"]] = rec
+    return out
+
+
+def tiny_args(corpus, workdir, **overrides):
+    """Overrides for a tiny, fast, dropout-free Llama-style run on the synthetic corpus."""
+    tok_dir, prefix = corpus
+    args = {
+        "data.prefix": prefix, "data.tokenizer": tok_dir, "data.cache_dir": f"{workdir}/cache",
+        "model.num_layers": 2, "model.hidden_size": 64, "model.num_attention_heads": 4,
+        "model.num_query_groups": 2, "train.seq_length": 32, "train.micro_batch_size": 2,
+        "train.global_batch_size": 8, "train.iters": 6, "train.eval_interval": 0,
+        "optim.lr": 3e-3, "optim.warmup_iters": 1, "log.interval": 1,
+        "log.metrics_file": f"{workdir}/metrics.jsonl", "checkpoint.save": None,
+    }
+    args.update(overrides)
+    return [f"{k}={'null' if v is None else v}" for k, v in args.items()]

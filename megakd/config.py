@@ -301,6 +301,11 @@ def _coerce(tp, value, key):
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise _type_error(key, value, tp)
     if tp is str:
         if isinstance(value, str):

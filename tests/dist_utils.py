@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN = os.path.join(REPO, "examples", "pretrain_pd.py")
@@ -25,13 +27,28 @@ def run_job(args, nproc: int = 1, env=None, timeout: int = 600, script: str = PR
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                "--master-port", str(free_port()), script]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, **(env or {})}
-    proc = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, cwd=REPO)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"job failed ({proc.returncode}): {' '.join(cmd + list(map(str, args)))}"
-                             f"\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n"
-                             f"{proc.stderr[-4000:]}")
-    return proc
+    argv = cmd + [str(a) for a in args]
+    # Output goes to files, not pipes, and the job gets its own session: megatron-core's checkpoint
+    # writer starts a multiprocessing Manager that outlives a SIGKILLed trainer and would hold a
+    # pipe open forever. The whole session is killed once the job has ended.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=full_env, cwd=REPO,
+                                start_new_session=True)
+        try:
+            returncode = proc.wait(timeout=timeout)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        out.seek(0)
+        err.seek(0)
+        result = subprocess.CompletedProcess(argv, returncode, out.read(), err.read())
+    if check and result.returncode != 0:
+        raise AssertionError(f"job failed ({result.returncode}): {' '.join(argv)}"
+                             f"\n--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n"
+                             f"{result.stderr[-4000:]}")
+    return result
 
 
 def read_metrics(path, split="train"):

@@ -40,8 +40,8 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         p = cfg.parallel
+        cfg.validate(platform.init_distributed(p.timeout_minutes).world_size)
         self.env = platform.init_model_parallel(p.tp, p.pp, cfg.train.seed, p.timeout_minutes)
-        cfg.validate(self.env.world_size)
         self.tokenizer = MegatronTokenizer(load_tokenizer(cfg.data.tokenizer))
         self.dp_size = ps.get_data_parallel_world_size()
         self.dp_rank = ps.get_data_parallel_rank()

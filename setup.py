@@ -28,6 +28,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout"],
+        # NeMo-Run launcher; leptonai>=0.47 dropped an API that nemo_run 0.11 imports.
+        "launch": ["nemo_run==0.11.1", "leptonai<0.47"],
         # gpu: Transformer Engine + apex ship in the NGC PyTorch container (Dockerfile).
     },
 )

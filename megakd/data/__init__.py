@@ -1,15 +1,6 @@
-"""Data preprocessing: local tokenizers, megatron-core indexed datasets, corpus -> .bin/.idx.
+"""Data: local tokenizers, megatron-core indexed datasets, corpus -> .bin/.idx, GPTDataset wiring.
 
-Kept import-light on purpose: `import megatron.core` costs seconds (it pulls in torch and most of
-megatron-core), and a CLI should reject a mistyped path before paying for it.
+Kept import-light on purpose: `import megatron.core` costs seconds, and a CLI should reject a
+mistyped path before paying for it. (megatron-core's "TE/Apex not installed" warnings are silenced
+once, in megakd/__init__.py.)
 """
-
-import warnings
-
-
-def import_megatron_quietly() -> None:
-    """Import megatron.core with its "Transformer Engine and Apex are not installed" warnings
-    silenced: expected on CPU, and they would turn a one-line CLI error into many lines."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed")
-        import megatron.core  # noqa: F401

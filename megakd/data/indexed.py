@@ -14,11 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy
 
-from megakd.data import import_megatron_quietly
-from megakd.errors import DataError
-
-import_megatron_quietly()
-from megatron.core.datasets.indexed_dataset import (  # noqa: E402
+from megatron.core.datasets.indexed_dataset import (
     _INDEX_HEADER,
     DType,
     IndexedDataset,
@@ -26,6 +22,8 @@ from megatron.core.datasets.indexed_dataset import (  # noqa: E402
     get_bin_path,
     get_idx_path,
 )
+
+from megakd.errors import DataError
 
 # magic (9) + version (8) + dtype code (1) + sequence count (8) + document count (8)
 _HEADER_SIZE = 34

@@ -11,11 +11,9 @@ import os
 from collections import OrderedDict
 from typing import Iterable, List, Optional, Sequence
 
-from megakd.data import import_megatron_quietly
 from megakd.errors import DataError
 
-import_megatron_quietly()
-from megatron.core.tokenizers import MegatronTokenizerBase  # noqa: E402
+from megatron.core.tokenizers import MegatronTokenizerBase
 
 EOS_TOKEN = "<|endoftext|>"
 

@@ -68,3 +68,16 @@ def test_dp_ranks_partition_the_global_batch(tiny_corpus, tmp_path):
         assert torch.equal(r0[i], single[2 * i]) and torch.equal(r1[i], single[2 * i + 1])
     # resuming at consumed_samples continues the same stream
     assert torch.equal(take(0, 1, 1, start=2 * mbs)[0], single[2])
+
+
+def test_empty_split_is_an_error_not_a_hang(tiny_corpus, tmp_path):
+    from megakd.errors import DataError
+
+    tok_dir, prefix = tiny_corpus
+    cfg = load_config(None, [f"data.prefix={prefix}", f"data.tokenizer={tok_dir}",
+                             "data.split=100,0,0", f"data.cache_dir={tmp_path}"])
+    tok = MegatronTokenizer(load_tokenizer(tok_dir))
+    with pytest.raises(DataError, match="leaves the valid split .* empty"):
+        build_datasets(cfg, tok, 8, 8)
+    train, _ = build_datasets(cfg, tok, 8, 0)  # no validation wanted: fine
+    assert len(train) >= 8

@@ -6,7 +6,6 @@ Megatron-LM's MegatronPretrainingSampler), so DP=1 and DP=2 see the same global 
 at `consumed_samples` continues the exact stream.
 """
 
-import os
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Tuple
 
@@ -16,7 +15,7 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
 from megakd.config import Config
 from megakd.data.indexed import open_indexed
-from megakd.errors import ConfigError
+from megakd.errors import ConfigError, DataError
 
 
 def parse_blend(prefix) -> Tuple[List[str], Optional[List[float]]]:
@@ -37,8 +36,6 @@ def parse_blend(prefix) -> Tuple[List[str], Optional[List[float]]]:
 
 def dataset_config(cfg: Config, tokenizer) -> GPTDatasetConfig:
     prefixes, weights = parse_blend(cfg.data.prefix)
-    for p in prefixes:
-        open_indexed(p)  # one-line DataError for a missing/corrupt dataset, before megatron sees it
     return GPTDatasetConfig(
         random_seed=cfg.train.seed,
         sequence_length=cfg.train.seq_length,
@@ -57,10 +54,24 @@ def dataset_config(cfg: Config, tokenizer) -> GPTDatasetConfig:
 def build_datasets(cfg: Config, tokenizer, num_train_samples: int, num_valid_samples: int):
     """(train, valid) GPTDatasets; rank 0 builds the index caches first, the others then load them."""
     config = dataset_config(cfg, tokenizer)
+    _check_splits(config, {"train": num_train_samples, "valid": num_valid_samples})
     train, valid, _ = BlendedMegatronDatasetBuilder(
         GPTDataset, [num_train_samples, num_valid_samples, 0], lambda: True, config
     ).build()
     return train, valid
+
+
+def _check_splits(config: GPTDatasetConfig, wanted: dict) -> None:
+    """Each needed split must own documents of every dataset: megatron-core loops forever on an
+    empty one. Document ranges are computed exactly as BlendedMegatronDatasetBuilder does."""
+    for prefix in config.blend[0]:
+        n = len(open_indexed(prefix))  # also: one-line DataError for a missing/corrupt dataset
+        for i, (name, samples) in enumerate(wanted.items()):
+            beg, end = config.split_matrix[i] or (0.0, 0.0)
+            if samples > 0 and int(round(end * n)) <= int(round(beg * n)):
+                raise DataError(f"data.split={config.split!r} leaves the {name} split of {prefix} "
+                                f"({n} documents) empty; give it a larger share (e.g. "
+                                f"data.split=90,10,0) or set train.eval_interval=0")
 
 
 @dataclass
@@ -93,8 +104,3 @@ class BatchStream:
 def _collate(samples: List[dict]) -> dict:
     keys = ("tokens", "labels", "loss_mask", "position_ids")
     return {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in keys}
-
-
-def default_cache_dir(cfg: Config) -> Optional[str]:
-    return cfg.data.cache_dir or (os.path.join(cfg.checkpoint.save, "data_cache")
-                                  if cfg.checkpoint.save else None)

@@ -68,7 +68,7 @@ class Trainer:
         evals = (t.iters // t.eval_interval + 1) if t.eval_interval else 0
         self.train_ds, self.valid_ds = build_datasets(
             cfg, self.tokenizer, t.iters * t.global_batch_size,
-            max(evals * t.eval_iters * t.global_batch_size, 1))
+            evals * t.eval_iters * t.global_batch_size)
         self.train_iter = iter(BatchStream(self.train_ds, t.micro_batch_size, self.dp_rank,
                                            self.dp_size, self.consumed_samples, cfg.data.num_workers))
         is_logger = self.env.rank == 0

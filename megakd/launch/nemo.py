@@ -64,15 +64,15 @@ def plan(spec: LaunchSpec) -> World:
     nodes, per_node = (1, spec.nproc) if local else (spec.nodes, spec.gpus_per_node)
     if nodes < 1 or per_node < 1:
         raise LaunchError("--nproc, --nodes and --gpus-per-node must be positive")
-    if not recipe.torchrun:
-        if nodes * (per_node if local else 1) != 1:
-            raise LaunchError(f"{spec.recipe} runs as one process; drop --nproc/--nodes")
-        return World(1, 1, 1, 0)
     if not local:
         missing = [flag for flag, value in (("--container", spec.container),
                                             ("--account", spec.account)) if not value]
         if missing:
             raise LaunchError(f"the slurm executor needs {' and '.join(missing)}")
+    if not recipe.torchrun:
+        if nodes * (per_node if local else 1) != 1:
+            raise LaunchError(f"{spec.recipe} runs as one process; drop --nproc/--nodes")
+        return World(1, 1, 1, 0)
     return plan_world(read_raw_config(spec.config, spec.args), nodes, per_node,
                       whole_nodes=not local)
 
@@ -92,12 +92,17 @@ def _task(run, recipe: Recipe, spec: LaunchSpec):
     return run.Script(path=script, entrypoint=entrypoint, args=config_args + list(spec.args))
 
 
+def _job_env(spec: LaunchSpec) -> Dict[str, str]:
+    if spec.executor == "local":  # NeMo-Run's LOGLEVEL=INFO adds ~40 lines of torchrun chatter
+        return {"LOGLEVEL": "WARNING", **spec.env}
+    return dict(spec.env)
+
+
 def _executor(run, recipe: Recipe, spec: LaunchSpec, world: World):
     launcher = "torchrun" if recipe.torchrun else None
     if spec.executor == "local":
-        # NeMo-Run sets LOGLEVEL=INFO: ~40 lines of torchrun start-up chatter per local job
         return run.LocalExecutor(ntasks_per_node=world.procs_per_node, launcher=launcher,
-                                 env_vars={"LOGLEVEL": "WARNING", **spec.env})
+                                 env_vars=_job_env(spec))
     packager = run.Packager()
     if spec.config is not None:
         config = os.path.abspath(spec.config)
@@ -106,7 +111,7 @@ def _executor(run, recipe: Recipe, spec: LaunchSpec, world: World):
         account=spec.account, partition=spec.partition, time=spec.time,
         nodes=world.nodes, ntasks_per_node=world.procs_per_node if recipe.torchrun else 1,
         gpus_per_node=spec.gpus_per_node, container_image=spec.container,
-        container_mounts=list(spec.mounts), env_vars=dict(spec.env), launcher=launcher,
+        container_mounts=list(spec.mounts), env_vars=_job_env(spec), launcher=launcher,
         packager=packager)
 
 
@@ -132,9 +137,9 @@ def dryrun(spec: LaunchSpec) -> str:
     else:
         for replicas in request.role_params.values():
             for replica in replicas:
-                env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(spec.env.items()))
-                out.append(f"cd {shlex.quote(replica.cwd or os.getcwd())} && "
-                           + (f"env {env} " if env else "") + shlex.join(replica.args))
+                env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(_job_env(spec).items()))
+                out.append(f"cd {shlex.quote(replica.cwd or os.getcwd())} && env {env} "
+                           + shlex.join(replica.args))
     return "\n".join(out)
 
 

@@ -123,8 +123,8 @@ def _add_job(run, exp, spec: LaunchSpec, world: World, tail_logs: bool = False):
 
 def dryrun(spec: LaunchSpec) -> str:
     """The world plan and what would run: the sbatch script (slurm) or the torchrun command."""
-    run = _nemo_run()
     world = plan(spec)
+    run = _nemo_run()
     out = [f"# megakd {spec.recipe}: {world.describe()}"]
     with run.Experiment(spec.name or f"megakd-{spec.recipe}", log_level="WARN",
                         clean_mode=True) as exp:
@@ -145,8 +145,8 @@ def dryrun(spec: LaunchSpec) -> str:
 
 def launch(spec: LaunchSpec) -> World:
     """Run locally to the end, or submit to Slurm; raise LaunchError if a local job failed."""
-    run = _nemo_run()
     world = plan(spec)
+    run = _nemo_run()
     print(f"megakd {spec.recipe}: {world.describe()}", flush=True)
     local = spec.executor == "local"
     with run.Experiment(spec.name or f"megakd-{spec.recipe}", log_level="WARN",

@@ -58,11 +58,7 @@ def test_recipe_without_its_script_is_a_one_line_error(tmp_path, monkeypatch):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: recipe 'ghost' needs tools/ghost.py, which does not exist in this checkout yet; "
-        f"recipes available now: {', '.join(launch_plan_ready())}"]
-
-
-def launch_plan_ready():
-    return [n for n, r in launch_plan.RECIPES.items() if os.path.isfile(os.path.join(REPO, r.script))]
+        f"recipes available now: {', '.join(launch_plan.available_recipes())}"]
 
 
 def test_raw_config_keeps_unknown_sections_and_applies_overrides(tmp_path):
@@ -71,6 +67,10 @@ def test_raw_config_keeps_unknown_sections_and_applies_overrides(tmp_path):
     raw = read_raw_config(path, ["teacher.ranks=16", "train.iters=5", "--flag", "not-an-override"])
     assert raw["teacher"] == {"placement": "dedicated", "ranks": 16, "checkpoint": "/ckpt/teacher"}
     assert raw["parallel"] == {"tp": 2} and raw["train"] == {"iters": 5}
+    with pytest.raises(LaunchError, match="cannot read config file .*No such file"):
+        read_raw_config(str(tmp_path / "missing.yaml"), [])
+    with pytest.raises(LaunchError, match="must hold a mapping"):
+        read_raw_config(write_yaml(tmp_path / "list.yaml", "- 1\n"), [])
 
 
 @pytest.mark.parametrize("raw, whole_nodes, want", [

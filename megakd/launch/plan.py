@@ -54,6 +54,11 @@ RECIPES = {
 }
 
 
+def available_recipes() -> List[str]:
+    """Recipes whose script exists in this checkout."""
+    return [n for n, r in RECIPES.items() if os.path.isfile(os.path.join(REPO, r.script))]
+
+
 def get_recipe(name: str) -> Recipe:
     """The recipe called `name`; its script must exist in this checkout."""
     if name not in RECIPES:
@@ -61,10 +66,9 @@ def get_recipe(name: str) -> Recipe:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise LaunchError(f"unknown recipe {name!r}{hint}; choose one of {', '.join(RECIPES)}")
     recipe = RECIPES[name]
-    if not os.path.isfile(os.path.join(REPO, recipe.script)):
-        ready = [n for n, r in RECIPES.items() if os.path.isfile(os.path.join(REPO, r.script))]
+    if name not in available_recipes():
         raise LaunchError(f"recipe {name!r} needs {recipe.script}, which does not exist in this "
-                          f"checkout yet; recipes available now: {', '.join(ready)}")
+                          f"checkout yet; recipes available now: {', '.join(available_recipes())}")
     return recipe
 
 
@@ -76,14 +80,12 @@ def read_raw_config(path: Optional[str], overrides: List[str]) -> dict:
     """
     raw = {}
     if path is not None:
-        if not os.path.isfile(path):
-            raise LaunchError(f"config file {path!r} does not exist; pass --config with a YAML file")
-        with open(path) as f:
-            try:
+        try:
+            with open(path) as f:
                 raw = yaml.safe_load(f) or {}
-            except yaml.YAMLError as e:
-                raise LaunchError(f"config file {path!r} is not valid YAML: "
-                                  f"{str(e).splitlines()[0]}") from None
+        except (OSError, yaml.YAMLError) as e:
+            raise LaunchError(f"cannot read config file {path!r} ({str(e).splitlines()[0]}); "
+                              f"pass --config with a YAML file") from None
         if not isinstance(raw, dict):
             raise LaunchError(f"config file {path!r} must hold a mapping of sections")
     for item in overrides:

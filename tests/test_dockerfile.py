@@ -61,7 +61,8 @@ def as_set(requirements):
 
 
 def test_base_is_an_ngc_pytorch_image():
-    args = dict(rest.split("=", 1) for word, rest in instructions() if word == "ARG" and "=" in rest)
+    args = dict(rest.split("=", 1) for word, rest in instructions()
+                if word == "ARG" and "=" in rest)
     base = next(rest for word, rest in instructions() if word == "FROM")
     image = args.get(base.strip("${}"), base)
     assert re.fullmatch(r"nvcr\.io/nvidia/pytorch:\d\d\.\d\d-py3", image), image

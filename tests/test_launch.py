@@ -20,11 +20,12 @@ SLURM_2x8 = ["--executor", "slurm", "--nodes", "2", "--gpus-per-node", "8",
 
 
 def launch_cli(args, tmp_path, recipes=None, timeout=300):
-    """tools/launch.py ARGS in a subprocess (cwd tmp_path); `recipes` are added to the table first."""
+    """tools/launch.py ARGS in a subprocess (cwd tmp_path), `recipes` added to the table first."""
     patch = "".join(f"plan.RECIPES[{name!r}] = plan.Recipe({script!r}, {torchrun!r}, 'test');"
                     for name, (script, torchrun) in (recipes or {}).items())
     code = (f"import runpy, sys; from megakd.launch import plan; {patch} "
-            f"sys.argv = [{LAUNCH!r}] + sys.argv[1:]; runpy.run_path({LAUNCH!r}, run_name='__main__')")
+            f"sys.argv = [{LAUNCH!r}] + sys.argv[1:]; "
+            f"runpy.run_path({LAUNCH!r}, run_name='__main__')")
     env = {**os.environ, "PYTHONPATH": REPO, "NEMORUN_HOME": str(tmp_path / "nemo_run_home"),
            "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
@@ -154,7 +155,8 @@ def test_slurm_dryrun_counts_dedicated_teacher_ranks(nemo, tmp_path):
 
 def test_local_dryrun_adds_teacher_processes(nemo, tmp_path):
     config = write_yaml(tmp_path / "kd.yaml", "teacher: {placement: dedicated, ranks: 1}\n")
-    out = nemo.dryrun(nemo.LaunchSpec("pretrain_pd", config=config, nproc=2, args=["train.iters=3"]))
+    spec = nemo.LaunchSpec("pretrain_pd", config=config, nproc=2, args=["train.iters=3"])
+    out = nemo.dryrun(spec)
     assert "world 3 = 2 student + 1 teacher ranks on 1 node(s) x 3" in out
     command = out.splitlines()[-1]
     assert "torchrun " in command and "--nnodes 1 --nproc-per-node 3" in command

@@ -141,8 +141,8 @@ def main(argv=None):
     if args.check:
         current = open(args.output).read() if os.path.isfile(args.output) else None
         if current != text:
-            print(f"{os.path.relpath(args.output)} is stale: run python tools/gen_config_reference.py",
-                  file=sys.stderr)
+            print(f"{os.path.relpath(args.output)} is stale: run "
+                  f"python tools/gen_config_reference.py", file=sys.stderr)
             sys.exit(1)
         print(f"{os.path.relpath(args.output)} is up to date")
         return

@@ -1,4 +1,4 @@
-"""Run a recipe through NeMo-Run: a torchrun job on this machine, or a Slurm batch job in a container.
+"""Run a recipe through NeMo-Run: torchrun on this machine, or a Slurm batch job in a container.
 
     spec = LaunchSpec("pretrain_pd", executor="slurm", config="configs/x.yaml", nodes=4,
                       gpus_per_node=8, container="IMAGE", account="acct", partition="batch")
@@ -50,7 +50,7 @@ class LaunchSpec:
 def _nemo_run():
     try:
         import nemo_run
-    except ImportError as e:  # also the leptonai>=0.47 breakage: "No module named 'leptonai.api.v1'"
+    except ImportError as e:  # also leptonai>=0.47: "No module named 'leptonai.api.v1'"
         raise LaunchError(f"NeMo-Run is not importable ({e}); {INSTALL_HINT}") from None
     return nemo_run
 
@@ -84,7 +84,8 @@ def _task(run, recipe: Recipe, spec: LaunchSpec):
     elif local:
         config_args = ["--config", os.path.abspath(spec.config)]
     else:  # shipped by the packager into the job's code dir, the container's working directory
-        config_args = ["--config", f"/{run.config.RUNDIR_NAME}/code/{os.path.basename(spec.config)}"]
+        shipped = f"/{run.config.RUNDIR_NAME}/code/{os.path.basename(spec.config)}"
+        config_args = ["--config", shipped]
     script = os.path.join(REPO if local else spec.code_dir, recipe.script)
     # torchrun needs entrypoint "python" (anything else adds --no-python); a plain local job
     # uses this interpreter, not whatever `python` is first on PATH.
@@ -106,7 +107,8 @@ def _executor(run, recipe: Recipe, spec: LaunchSpec, world: World):
     packager = run.Packager()
     if spec.config is not None:
         config = os.path.abspath(spec.config)
-        packager = run.PatternPackager(include_pattern=config, relative_path=os.path.dirname(config))
+        packager = run.PatternPackager(include_pattern=config,
+                                       relative_path=os.path.dirname(config))
     return run.SlurmExecutor(
         account=spec.account, partition=spec.partition, time=spec.time,
         nodes=world.nodes, ntasks_per_node=world.procs_per_node if recipe.torchrun else 1,

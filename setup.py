@@ -27,9 +27,9 @@ setup(
         "numpy",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout"],
+        "test": ["pytest", "pytest-timeout", "packaging"],
         # NeMo-Run launcher; leptonai>=0.47 dropped an API that nemo_run 0.11 imports.
-        "launch": ["nemo_run==0.11.1", "leptonai<0.47"],
+        "launch": ["nemo_run>=0.11,<0.12", "leptonai<0.47"],
         # gpu: Transformer Engine + apex ship in the NGC PyTorch container (Dockerfile).
     },
 )

@@ -216,6 +216,12 @@ def _non_negative(cfg, keys):
 def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None,
                 validate: bool = True, world_size: Optional[int] = None) -> Config:
     """Build a Config from a YAML file (optional) and `key.sub=value` overrides (YAML-typed values)."""
+    cfg = from_dict(Config, load_raw(path, overrides))
+    return cfg.validate(world_size) if validate else cfg
+
+
+def load_raw(path: Optional[str] = None, overrides: Optional[List[str]] = None) -> dict:
+    """The YAML file plus overrides as a plain nested dict (no types, no unknown-key check)."""
     raw = {}
     if path is not None:
         if not os.path.isfile(path):
@@ -234,8 +240,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
         _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
-    cfg = from_dict(Config, raw)
-    return cfg.validate(world_size) if validate else cfg
+    return raw
 
 
 def _set_dotted(raw: dict, key: str, value):

@@ -9,6 +9,8 @@ import subprocess
 import sys
 
 import pytest
+
+from megakd.errors import ConfigError
 from dist_utils import REPO, read_metrics, tiny_args
 
 from megakd.launch import plan as launch_plan
@@ -68,9 +70,9 @@ def test_raw_config_keeps_unknown_sections_and_applies_overrides(tmp_path):
     raw = read_raw_config(path, ["teacher.ranks=16", "train.iters=5", "--flag", "not-an-override"])
     assert raw["teacher"] == {"placement": "dedicated", "ranks": 16, "checkpoint": "/ckpt/teacher"}
     assert raw["parallel"] == {"tp": 2} and raw["train"] == {"iters": 5}
-    with pytest.raises(LaunchError, match="cannot read config file .*No such file"):
+    with pytest.raises(ConfigError, match="config file .* does not exist"):
         read_raw_config(str(tmp_path / "missing.yaml"), [])
-    with pytest.raises(LaunchError, match="must hold a mapping"):
+    with pytest.raises(ConfigError, match="must hold a mapping"):
         read_raw_config(write_yaml(tmp_path / "list.yaml", "- 1\n"), [])
 
 

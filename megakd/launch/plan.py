@@ -13,10 +13,9 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional
 
-import yaml
 
-from megakd.config import _set_dotted
-from megakd.errors import ConfigError, MegakdError
+from megakd.config import load_raw
+from megakd.errors import MegakdError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONTAINER_CODE_DIR = "/workspace/megakd"
@@ -77,25 +76,9 @@ def read_raw_config(path: Optional[str], overrides: List[str]) -> dict:
 
     The launcher only needs a few keys (parallel sizes, teacher placement) and must accept
     sections the typed config does not know yet; the entry point validates the full config.
+    Arguments that are not overrides (flags for the entry point) are left to the entry point.
     """
-    raw = {}
-    if path is not None:
-        try:
-            with open(path) as f:
-                raw = yaml.safe_load(f) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise LaunchError(f"cannot read config file {path!r} ({str(e).splitlines()[0]}); "
-                              f"pass --config with a YAML file") from None
-        if not isinstance(raw, dict):
-            raise LaunchError(f"config file {path!r} must hold a mapping of sections")
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if sep and key and not key.startswith("-"):
-            try:
-                _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
-            except (ConfigError, yaml.YAMLError):
-                pass  # not a config override (or a malformed one): the entry point reports it
-    return raw
+    return load_raw(path, [o for o in overrides if "=" in o and not o.startswith("-")])
 
 
 def _section(raw: dict, name: str) -> dict:

@@ -6,7 +6,7 @@ vocab, for both distributions:
 Q_ghost is summed directly over the unlisted vocab entries (not 1 - sum q_ids), so it is exact (0 when
 k = V) and free of cancellation. Unused slots (id -1 or log-prob -inf) belong to no bucket.
 
-Forward, per token chunk: local max / sum-exp of s = z_s / T, the student logits at the listed ids that
+Forward, per token chunk: local softmax (max, sum-exp) of s = z_s / T, the student logits at the listed ids that
 fall in this shard (0 elsewhere) and the local ghost sum-exp; then all-reduce MAX, and ONE all-reduce SUM
 of [S, S_ghost, s_ids] ([tokens, k + 2]). The rest is [tokens, k + 1] math.
 
@@ -51,10 +51,11 @@ class SparseDistill(torch.autograd.Function):
         red = student.new_zeros((n, k + 2), dtype=dt)  # S, S_ghost, s at ids
         for sl in vp.chunks(n, shard.v_local, chunk_size):
             s = vp.tempered(vp.take(student, rows, sl), temperature, dt)
-            m[sl], e, red[sl, 0] = vp.local_max_sumexp(s)
+            m[sl], red[sl, 0], q_local = vp.local_softmax(s)
             red[sl, 2:] = torch.where(in_shard[sl], s.gather(1, idx[sl]), 0.0)
-            red[sl, 1] = e.scatter_reduce_(1, idx[sl], not_listed[sl], "prod").sum(dim=-1)
-            del s, e
+            unlisted = q_local.scatter_reduce_(1, idx[sl], not_listed[sl], "prod").sum(dim=-1)
+            red[sl, 1] = unlisted * red[sl, 0]  # local ghost sum-exp
+            del s, q_local
         gmax, scale = vp.global_max(m, shard)
         red[:, :2] *= scale[:, None]
         red = vp.all_reduce(red, shard)

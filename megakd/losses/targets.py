@@ -45,7 +45,7 @@ def truncate_teacher(teacher_logits, *, temperature=1.0, top_p=1.0, top_k=0, tp_
     ids = torch.empty((n, k_local), dtype=torch.long, device=t2.device)
     for sl in vp.chunks(n, v_local, chunk_size):
         t = vp.tempered(t2[sl], temperature, dt)
-        m[sl], _, S[sl] = vp.local_max_sumexp(t)
+        m[sl], S[sl], _ = vp.local_softmax(t)
         vals[sl], ids[sl] = t.topk(k_local, dim=-1)
     gmax, scale = vp.global_max(m, shard)
     logz = gmax + vp.all_reduce(S * scale, shard).log()

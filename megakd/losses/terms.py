@@ -51,9 +51,9 @@ class Term:
     def h(self, logp, logq):
         raise NotImplementedError
 
-    def dense_grad(self, logp, logq, s, t, H):
-        """dD/d(z/T) for one chunk of dense logits (s = z_s / T, t = z_t / T)."""
-        return self.h(logp, logq) - logq.exp() * H[:, None]
+    def dense_grad(self, d, H):
+        """dD/d(z_s / T) for one chunk of dense logits; d holds s, t, p, q, logp, logq (dense.Chunk)."""
+        return self.h(d.logp, d.logq) - d.q * H[:, None]
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,8 @@ class ForwardKL(Term):
         loss = mean - logz_t + logz_s
         return loss, torch.full_like(loss, -1.0)
 
-    def dense_grad(self, logp, logq, s, t, H):
-        return logq.exp() - logp.exp()
+    def dense_grad(self, d, H):
+        return d.q - d.p
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,8 @@ class ReverseKL(Term):
         loss = mean - logz_s + logz_t
         return loss, loss + 1
 
-    def dense_grad(self, logp, logq, s, t, H):
-        return logq.exp() * (logq - logp - (H - 1)[:, None])
+    def dense_grad(self, d, H):
+        return d.q * (d.logq - d.logp - (H - 1)[:, None])
 
 
 @dataclass(frozen=True)
@@ -188,8 +188,8 @@ class LogitMSE(Term):
         loss = total / self.vocab
         return loss, torch.zeros_like(loss)
 
-    def dense_grad(self, logp, logq, s, t, H):
-        return (s - t) * (2.0 / self.vocab)
+    def dense_grad(self, d, H):
+        return (d.s - d.t) * (2.0 / self.vocab)
 
 
 #: kind name -> (term class, allowed keyword arguments)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-#: default chunk: about this many elements of [tokens, V_local] are live at once (fp32: 8 MiB)
-CHUNK_ELEMENTS = 1 << 21
+#: default chunk: about this many elements of [tokens, V_local] are live at once (fp32: 1 MiB, so a chunk stays in cache)
+CHUNK_ELEMENTS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -75,11 +75,12 @@ def tempered(x: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.T
     return x if temperature == 1.0 else x / temperature
 
 
-def local_max_sumexp(s: torch.Tensor):
-    """Per-row local max and sum(exp(s - max)); exp(s - max) is returned for reuse within the chunk."""
-    m = s.amax(dim=-1)
-    e = (s - m[:, None]).exp_()
-    return m, e, e.sum(dim=-1)
+def local_softmax(s: torch.Tensor):
+    """Per-row local max, local sum(exp(s - max)) and softmax over the local slice (one fused kernel;
+    sum = 1 / softmax at the argmax, where exp(s - max) = 1)."""
+    m, at = s.max(dim=-1)
+    p = torch.softmax(s, dim=-1)
+    return m, p.gather(1, at[:, None]).squeeze(1).reciprocal(), p
 
 
 def global_max(local_max: torch.Tensor, shard: Shard) -> torch.Tensor:

@@ -55,17 +55,37 @@ def compute_all(rank, world, group):
             if kw.pop("loss_mask", False):
                 kw["loss_mask"] = mask
             s = s_loc.clone().requires_grad_()
+            COLLECTIVES.clear()
             loss = distill_loss(s, t_loc if target == "dense" else sparse, kind=kind, tp_group=group, **kw)
+            forward_calls = list(COLLECTIVES)
+            COLLECTIVES.clear()
             loss.backward(torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype).reshape(loss.shape))
             out[(dtype, name)] = (loss.detach(), s.grad)
+            out[("collectives", dtype, name)] = (forward_calls, list(COLLECTIVES))
         for top_p, top_k in [(0.9, 5), (0.7, 0), (1.0, 3)]:
             tgt = truncate_teacher(t_loc, temperature=1.3, top_p=top_p, top_k=top_k, tp_group=group)
             out[(dtype, f"truncate-{top_p}-{top_k}")] = (tgt.ids, tgt.logprobs)
     return out
 
 
+COLLECTIVES = []  # (name, op) of every collective call, recorded in the TP ranks
+
+
+def _count_collectives():
+    """Wrap the torch.distributed collectives of this process so each call is recorded."""
+    for name in ("all_reduce", "all_gather"):
+        real = getattr(dist, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            COLLECTIVES.append((_name, str(kwargs.get("op", ""))))
+            return _real(*args, **kwargs)
+
+        setattr(dist, name, counted)
+
+
 def _worker(rank, world, port, outdir):
     torch.set_num_threads(1)  # two ranks share the CPU
+    _count_collectives()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         torch.save(compute_all(rank, world, dist.group.WORLD), os.path.join(outdir, f"rank{rank}.pt"))
@@ -119,3 +139,19 @@ def test_tp2_truncation_selects_the_global_top(tp_results, spec):
         # kept ids come from both shards somewhere in the batch
         kept = ids2[ids2 >= 0]
         assert (kept < V // 2).any() and (kept >= V // 2).any()
+
+
+def test_tp2_collectives(tp_results):
+    """No collective in any backward; forward: MAX + one batched SUM (two SUMs for the kinds whose value
+    needs normalised probabilities: sfkl, srkl, jsd, tvd on dense logits)."""
+    _, ranks = tp_results
+    for name, kind, target, kw in _cases():
+        fwd, bwd = ranks[0][("collectives", torch.float64, name)]
+        assert bwd == [], f"{name}: collective in backward: {bwd}"
+        truncated = kind == "nll" or "top_p" in kw or "top_k" in kw
+        if target == "dense" and truncated:
+            continue  # truncation adds its own MAX / SUM / all-gather of candidates
+        sums = [c for c in fwd if c[0] == "all_reduce" and "MAX" not in c[1]]
+        maxes = [c for c in fwd if "MAX" in c[1]]
+        two_phase = target == "dense" and kind in ("sfkl", "srkl", "jsd", "tvd")
+        assert len(maxes) == 1 and len(sums) == (2 if two_phase else 1), f"{name}: {fwd}"

@@ -9,7 +9,8 @@ A SparseTarget is taken as given (produce it at temperature T with `truncate_tea
 to the student only. `mse` compares z_s / T with z_t / T; `nll` is cross-entropy to the teacher's
 argmax (T applies to the student).
 
-The result is the per-token loss [...]; callers mask and reduce. `loss_mask` (same leading shape)
+The teacher is a constant (no gradient flows to it). The result is the per-token loss [...], fp32
+(fp64 for fp64 inputs); the student gradient comes back in the student's dtype. Callers mask and reduce. `loss_mask` (same leading shape)
 lets the loss skip tokens where it is 0: their loss and gradient are exactly 0.
 """
 
@@ -109,7 +110,8 @@ def _rows(loss_mask, lead):
         return None
     if tuple(loss_mask.shape) != tuple(lead):
         raise ValueError(f"loss_mask shape {tuple(loss_mask.shape)} != student logits leading shape {tuple(lead)}")
-    return loss_mask.reshape(-1).nonzero().squeeze(1)
+    rows = loss_mask.reshape(-1).nonzero().squeeze(1)
+    return None if rows.numel() == loss_mask.numel() else rows  # nothing to skip: plain slices are faster
 
 
 def _check_sparse(target, lead, v_global):

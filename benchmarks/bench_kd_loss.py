@@ -146,9 +146,10 @@ def spawn(mode, method_list, vocab, dtype_name, a):
     cmd = [sys.executable, __file__, "--worker", mode, "--vocab", str(vocab), "--dtype", dtype_name,
            "--tokens", str(a.tokens), "--hidden", str(a.hidden), "--reps", str(a.reps), "--methods", *method_list]
     cmd += ["--threads", str(a.threads)]
-    # a fixed mmap threshold makes glibc return every large freed block to the OS at once, so RSS follows
-    # the live tensors instead of a heap that silently recycles freed memory
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    # memory runs only: a fixed mmap threshold makes glibc return every large freed block to the OS at
+    # once, so RSS follows the live tensors instead of a heap that silently recycles freed memory (it would
+    # slow the timing runs down with page faults, so those keep the default allocator)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536") if mode == "mem" else None
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode != 0:
         return {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}"}

@@ -10,9 +10,10 @@ Methods
 
 Threads: --threads (default 1) torch intra-op threads in every subprocess, the same for all methods.
 Time: each (V, dtype) runs in one fresh subprocess; the methods are interleaved (1 warm-up, then --reps
-rounds) so machine noise hits them alike; the best and the median round are printed, and the speed-up
-(best against best) is against naive of the same process. Memory: each (method, V, dtype) runs once in its own fresh subprocess; after the inputs
-exist (and one tiny warm-up call initialised the libraries) the kernel's peak-RSS mark is reset
+rounds) so machine noise hits them alike; the best and the median round are printed, and the
+speed-up (best against best) is against naive of the same process.
+Memory: each (method, V, dtype) runs once in its own fresh subprocess; after the inputs exist (and
+one tiny warm-up call initialised the libraries) the kernel's peak-RSS mark is reset
 (`echo 5 > /proc/self/clear_refs`), and peak extra = VmHWM - VmRSS before the call. It counts every
 byte the call touches beyond the inputs, including the returned gradients (the student-logits gradient
 alone is 1x the student logits' bytes).

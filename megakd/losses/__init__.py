@@ -1,0 +1,19 @@
+"""KD losses: dense and sparse teacher targets, vocab-parallel fused autograd functions,
+teacher-logits processing (temperature, top-p, top-k) and alpha schedules. See DESIGN.md section 4.
+
+    loss = distill_loss(student_logits, teacher, kind="fkl", temperature=T, top_p=..., top_k=...,
+                        tp_group=tp_group, loss_mask=mask)          # per token [...]
+    kd = (loss * mask).sum() / mask.sum()
+    total = schedules.mix(lm_loss, kd, schedules.alpha_at("wsd", step, total_steps))
+
+Modules: distill (entry point, validation, temperature convention), terms (each kind as a local
+term f, h), dense / sparse (the fused autograd functions), vocab_parallel (TP plumbing, chunking),
+targets (SparseTarget, truncation), schedules (alpha).
+"""
+
+from megakd.losses import schedules
+from megakd.losses.distill import distill_loss
+from megakd.losses.targets import UNUSED_ID, SparseTarget, keep_top, truncate_teacher
+from megakd.losses.terms import KINDS
+
+__all__ = ["KINDS", "SparseTarget", "UNUSED_ID", "distill_loss", "keep_top", "schedules", "truncate_teacher"]

@@ -29,7 +29,8 @@ def _fails_with_one_line(args, expect, tmp_path, nproc=1):
     ({"data.prefix": "/nonexistent/corpus"}, "missing /nonexistent/corpus.idx"),
     ({"data.tokenizer": "/nonexistent/tok"}, "tokenizer path /nonexistent/tok does not exist"),
     ({"checkpoint.pretrained": "/nonexistent/ckpt"}, "checkpoint path /nonexistent/ckpt does not exist"),
-], ids=["unknown-key", "tp-heads", "data-prefix", "tokenizer", "checkpoint"])
+    ({"model.fp8": True}, "fp8 needs a CUDA GPU"),
+], ids=["unknown-key", "tp-heads", "data-prefix", "tokenizer", "checkpoint", "fp8-on-cpu"])
 def test_bad_config(overrides, expect, tiny_corpus, tmp_path):
     _fails_with_one_line(tiny_args(tiny_corpus, tmp_path, **overrides), expect, tmp_path)
 

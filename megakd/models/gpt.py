@@ -16,6 +16,7 @@ from megatron.core.transformer import TransformerConfig
 
 from megakd.config import ModelConfig, ParallelConfig
 from megakd.errors import ConfigError, PlatformError
+from megakd.platform.fp8 import require_fp8
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -57,11 +58,11 @@ def use_transformer_engine(cfg: ModelConfig) -> bool:
             have_te = True
         except Exception:
             have_te = False
-    wants = cfg.transformer_impl == "transformer_engine" or cfg.fp8
-    if wants and not have_te:
-        what = "model.fp8=true" if cfg.fp8 else "model.transformer_impl=transformer_engine"
-        raise PlatformError(f"{what} needs CUDA and Transformer Engine (use the GPU container, see "
-                            f"Dockerfile); on CPU set model.transformer_impl=local and model.fp8=false")
+    if cfg.fp8:
+        require_fp8()  # one-line PlatformError without CUDA, Hopper and TE
+    if cfg.transformer_impl == "transformer_engine" and not have_te:
+        raise PlatformError("model.transformer_impl=transformer_engine needs CUDA and Transformer "
+                            "Engine (use the GPU container, see Dockerfile); on CPU set it to local")
     return have_te and cfg.transformer_impl != "local"
 
 
@@ -75,7 +76,7 @@ def transformer_config(cfg: ModelConfig, parallel: ParallelConfig) -> Transforme
         raise PlatformError("parallel.sequence_parallel needs Transformer Engine norms (GPU container); "
                             "set parallel.sequence_parallel=false on CPU")
     if cfg.fp8:
-        use_transformer_engine(cfg)  # raises a one-line error without TE + CUDA
+        use_transformer_engine(cfg)  # raises a one-line error without TE + CUDA + Hopper
         fp8 = dict(fp8="hybrid", fp8_recipe="delayed")
     return TransformerConfig(
         num_layers=cfg.num_layers,

@@ -4,7 +4,7 @@
 
 Needs the demo data (scripts/demo.sh makes it). Each layout is a real torchrun job; the figure is the
 median step time after warm-up, read from the job's metrics file; ratios are against TP=1 measured
-in the same invocation.
+in the same invocation. Every rank uses one thread, so TP=1 uses one core and the 2-rank layouts two.
 """
 
 import argparse
@@ -35,7 +35,9 @@ def run(nproc, overrides, iters, seq, workdir):
            f"train.seq_length={seq}", "train.eval_interval=0", "checkpoint.save=null",
            "log.tensorboard_dir=null", "log.interval=1", f"log.metrics_file={metrics}",
            f"data.cache_dir={workdir}/cache", *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // nproc))}
+    # One thread per rank: on a shared 2-core box, 2-thread OpenMP regions stall on their barriers
+    # whenever another process holds a core, which makes a 1-rank/2-thread baseline meaningless.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
     steps = [json.loads(line)["step time"] for line in open(metrics)]
     return statistics.median(steps[3:])

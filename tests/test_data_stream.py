@@ -79,5 +79,10 @@ def test_empty_split_is_an_error_not_a_hang(tiny_corpus, tmp_path):
     tok = MegatronTokenizer(load_tokenizer(tok_dir))
     with pytest.raises(DataError, match="leaves the valid split .* empty"):
         build_datasets(cfg, tok, 8, 8)
-    train, _ = build_datasets(cfg, tok, 8, 0)  # no validation wanted: fine
-    assert len(train) >= 8
+    train, valid = build_datasets(cfg, tok, 8, 0)  # no validation wanted: fine
+    assert len(train) >= 8 and valid is None
+    # a positive share that rounds to zero documents must not hang when no validation is wanted
+    cfg = load_config(None, [f"data.prefix={prefix}", f"data.tokenizer={tok_dir}",
+                             "data.split=99.9,0.1,0", f"data.cache_dir={tmp_path}"])
+    train, valid = build_datasets(cfg, tok, 8, 0)
+    assert len(train) >= 8 and valid is None

@@ -52,12 +52,16 @@ def dataset_config(cfg: Config, tokenizer) -> GPTDatasetConfig:
 
 
 def build_datasets(cfg: Config, tokenizer, num_train_samples: int, num_valid_samples: int):
-    """(train, valid) GPTDatasets; rank 0 builds the index caches first, the others then load them."""
+    """(train, valid) GPTDatasets; rank 0 builds the index caches first, the others then load them.
+
+    A split that is not wanted (0 samples) is not built at all (valid is None then): megatron-core
+    would otherwise still index it, and loop forever if its share of documents rounds to none.
+    """
     config = dataset_config(cfg, tokenizer)
+    sizes = [num_train_samples, num_valid_samples, 0]
+    config.split_matrix = [rng if n > 0 else None for rng, n in zip(config.split_matrix, sizes)]
     _check_splits(config, {"train": num_train_samples, "valid": num_valid_samples})
-    train, valid, _ = BlendedMegatronDatasetBuilder(
-        GPTDataset, [num_train_samples, num_valid_samples, 0], lambda: True, config
-    ).build()
+    train, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
     return train, valid
 
 

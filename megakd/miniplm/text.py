@@ -74,7 +74,7 @@ class ByteLevelText:
         while lead < len(data) and _is_continuation(data[lead]):
             lead += 1  # finishes a character that belongs to the previous instance
         tail = b""
-        if not ends_doc:  # borrow the bytes that finish our last character
+        if not ends_doc and lead < len(data):  # borrow the bytes that finish our last character
             j = b
             while j < len(stream) and stream[j] != self.eod and len(tail) < 4:
                 nxt = self.bytes[int(stream[j])]

@@ -152,8 +152,15 @@ def _prepare_output(args: ScoreArgs, meta: dict) -> bool:
     return False
 
 
-def score(args: ScoreArgs) -> dict:
-    """Score every instance of ``args.data_prefix`` into ``args.output``; returns the metadata."""
+@dataclass
+class ScoreResult:
+    metadata: dict
+    scored: int  # instances this rank scored now (0 when the output was already complete)
+    seconds: float  # wall time of this rank's scoring loop (forwards, data, shard writes)
+
+
+def score(args: ScoreArgs) -> ScoreResult:
+    """Score every instance of ``args.data_prefix`` into ``args.output``."""
     from megatron.core import parallel_state as ps
     from tqdm import tqdm
 
@@ -176,7 +183,7 @@ def score(args: ScoreArgs) -> dict:
     if _prepare_output(args, meta):
         if env.rank == 0:
             print(f"{args.output}: already complete ({len(instances)} instances)", flush=True)
-        return meta
+        return ScoreResult(meta, 0, 0.0)
 
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     shard_dir = os.path.join(args.output, SHARD_DIR)
@@ -211,7 +218,7 @@ def score(args: ScoreArgs) -> dict:
         print(f"scored {len(instances)} instances ({meta['instances']['tokens']:,} tokens) -> "
               f"{args.output} ({todo} on rank 0 in {elapsed:.1f} s)", flush=True)
     dist.barrier()
-    return meta
+    return ScoreResult(meta, todo, elapsed)
 
 
 def _shard_path(shard_dir: str, k: int) -> str:

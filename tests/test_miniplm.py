@@ -228,3 +228,19 @@ def test_rescoring_into_a_finished_output_is_a_no_op_and_other_settings_are_refu
     proc = run_job(_score_args(setup, scored, "--micro-batch-size", 2), script=SCORE,
                    check=False)
     assert proc.returncode == 2 and "another run" in proc.stderr
+
+
+def test_split_dataset_is_deterministic_and_partitions_the_documents(tiny_corpus, tmp_path):
+    from megakd.miniplm.split import split_dataset
+
+    prefix = tiny_corpus[1]
+    ds = open_indexed(prefix)
+    r = split_dataset(prefix, str(tmp_path / "held"), str(tmp_path / "rest"), tokens=3000, seed=3)
+    held, rest = open_indexed(str(tmp_path / "held")), open_indexed(str(tmp_path / "rest"))
+    assert r.held_out_tokens >= 3000 and r.held_out_documents + r.rest_documents == len(ds)
+    docs = sorted([tuple(held[i]) for i in range(len(held))] + [tuple(rest[i]) for i in range(len(rest))])
+    assert docs == sorted(tuple(ds[i]) for i in range(len(ds)))
+    split_dataset(prefix, str(tmp_path / "held2"), str(tmp_path / "rest2"), tokens=3000, seed=3)
+    assert (tmp_path / "held2.bin").read_bytes() == (tmp_path / "held.bin").read_bytes()
+    with pytest.raises(DataError, match="at least one"):
+        split_dataset(prefix, str(tmp_path / "h"), str(tmp_path / "r"), fraction=0.0001)

@@ -117,16 +117,19 @@ def _check_models(teacher, reference, instances: Instances) -> None:
         raise CheckpointError(f"teacher ({teacher.path}) and reference ({reference.path}) have "
                               f"vocabularies of {teacher.vocab_size} and {reference.vocab_size}; "
                               f"both must use the tokenizer the corpus was tokenized with")
-    for src in instances.sources:
-        top = int(src.stream.max())
-        if top >= teacher.vocab_size:
-            raise DataError(f"dataset {src.prefix} has token id {top} >= the models' vocabulary "
-                            f"{teacher.vocab_size}; tokenize it with the teacher's tokenizer")
     for m in (teacher, reference):
         if m.max_length is not None and instances.max_length - 1 > m.max_length:
             raise DataError(f"instances of up to {instances.max_length} tokens need "
                             f"{instances.max_length - 1} positions but {m.path} has learned "
                             f"positions for {m.max_length}; lower --instance-length")
+
+
+def _check_ids(batch, vocab_size: int, instances: Instances, first: int) -> None:
+    top = max(int(x.max()) for x in batch)
+    if top >= vocab_size:
+        src = instances.sources[instances.source[first]].prefix
+        raise DataError(f"dataset {src} has token id {top} >= the models' vocabulary {vocab_size} "
+                        f"(near instance {first}); tokenize it with the teacher's tokenizer")
 
 
 def _prepare_output(args: ScoreArgs, meta: dict) -> bool:
@@ -203,6 +206,7 @@ def score(args: ScoreArgs) -> ScoreResult:
         idx = _shard_range(k, args.shard_size, len(instances))
         for b in range(0, len(idx), args.micro_batch_size):
             batch = [instances.tokens(i) for i in idx[b:b + args.micro_batch_size]]
+            _check_ids(batch, teacher.vocab_size, instances, idx[b])
             rows.append(score_batch(teacher.model, reference.model, batch, env.device))
             bar.update(len(batch))
         if is_writer:

@@ -38,8 +38,6 @@ def load_for_inference(path: str, tp: int = 1, pp: int = 1) -> LoadedModel:
                               f"by megakd (examples/pretrain_pd.py or tools/convert_checkpoint.py)")
     cfg = from_dict(Config, common["config"])
     mcfg = cfg.model
-    # The model is rebuilt exactly as saved except for the layout and the backend choice.
-    mcfg.transformer_impl = "auto" if mcfg.transformer_impl == "transformer_engine" else mcfg.transformer_impl
     seq = mcfg.max_position_embeddings or cfg.train.seq_length
     model = build_model(mcfg, ParallelConfig(tp=tp, pp=pp), int(common["vocab_size"]), seq)
     checkpoint.load_weights(ckpt, model)

@@ -183,11 +183,12 @@ def test_kill_and_resume_gives_the_same_scores_file(setup, scored):
     assert not (out / "shards").exists()
 
 
-def test_data_parallel_and_tensor_parallel_scores_match(setup, scored):
+def test_data_tensor_and_pipeline_parallel_scores_match(setup, scored):
     want, _ = read_scores(scored)
-    out = setup["root"] / "scores_tp2"
-    run_job(_score_args(setup, out, "--tp", 2), script=SCORE, nproc=2)
-    numpy.testing.assert_allclose(read_scores(out)[0], want, atol=1e-5)
+    for layout in (["--tp", 2], ["--pp", 2]):
+        out = setup["root"] / f"scores{layout[0]}"
+        run_job(_score_args(setup, out, *layout), script=SCORE, nproc=2)
+        numpy.testing.assert_allclose(read_scores(out)[0], want, atol=1e-5, err_msg=str(layout))
     out = setup["root"] / "scores_dp2"  # shards alternate over the 2 ranks; same batches, same bytes
     run_job(_score_args(setup, out), script=SCORE, nproc=2)
     assert (out / "scores.npy").read_bytes() == (scored / "scores.npy").read_bytes()

@@ -56,8 +56,9 @@ class ScoreArgs:
     progress: Optional[bool] = True
 
 
-def mean_logprobs(model, batch: List[numpy.ndarray], device) -> torch.Tensor:
-    """Mean log p of tokens 1..n-1 of each sequence (right-padded into one batch), float64 [b]."""
+def mean_logprobs(model, batch: List[numpy.ndarray], device) -> Optional[torch.Tensor]:
+    """Mean log p of tokens 1..n-1 of each sequence (right-padded into one batch), float64 [b];
+    None on a pipeline stage other than the last."""
     width = max(len(x) for x in batch) - 1
     tokens = torch.zeros(len(batch), width + 1, dtype=torch.long)
     mask = torch.zeros(len(batch), width, dtype=torch.float64)
@@ -65,17 +66,44 @@ def mean_logprobs(model, batch: List[numpy.ndarray], device) -> torch.Tensor:
         tokens[r, :len(x)] = torch.from_numpy(x.astype(numpy.int64))
         mask[r, :len(x) - 1] = 1
     position_ids = torch.arange(width).unsqueeze(0).expand(len(batch), -1)
-    with torch.no_grad():
-        nll = model(tokens[:, :-1].to(device), position_ids.to(device), None,
-                    labels=tokens[:, 1:].to(device))  # [b, s] = -log p, reduced over the TP group
+    nll = per_token_nll(model, tokens[:, :-1].to(device), position_ids.to(device),
+                        tokens[:, 1:].to(device))
+    if nll is None:
+        return None
     nll = nll.double().cpu() * mask
     return -nll.sum(1) / mask.sum(1)  # 0/0 = NaN for a one-token instance
 
 
-def score_batch(teacher, reference, batch, device) -> numpy.ndarray:
-    """float32 [b, 3]: diff, teacher, reference."""
+def per_token_nll(model, tokens, position_ids, labels) -> Optional[torch.Tensor]:
+    """-log p of each label, [b, s], from GPTModel's vocab-parallel cross entropy (labels=).
+
+    With PP > 1 the batch goes through megatron-core's pipeline schedule (forward only, one
+    micro-batch); only the last stage gets the result, the others return None.
+    """
+    from megatron.core import parallel_state as ps
+
+    with torch.no_grad():
+        if ps.get_pipeline_model_parallel_world_size() == 1:
+            return model(tokens, position_ids, None, labels=labels)
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        def step(_data_iterator, stage):
+            out = stage(tokens, position_ids, None, labels=labels)
+            return out, lambda nll: (nll.sum(), torch.tensor(nll.numel(), dtype=torch.int),
+                                     {"nll": nll.detach()})
+
+        store = get_forward_backward_func()(
+            forward_step_func=step, data_iterator=iter([None]), model=[model], num_microbatches=1,
+            seq_length=tokens.shape[1], micro_batch_size=tokens.shape[0], forward_only=True)
+        return store[0]["nll"] if store else None
+
+
+def score_batch(teacher, reference, batch, device) -> Optional[numpy.ndarray]:
+    """float32 [b, 3]: diff, teacher, reference (None off the last pipeline stage)."""
     t = mean_logprobs(teacher, batch, device)
     r = mean_logprobs(reference, batch, device)
+    if t is None:
+        return None
     return torch.stack([t - r, t, r], dim=1).float().numpy()
 
 
@@ -170,9 +198,6 @@ def score(args: ScoreArgs) -> ScoreResult:
     from megakd import platform
     from megakd.miniplm.model import load_for_inference
 
-    if args.pp != 1:
-        raise ConfigError("miniplm_score supports --pp 1 only (use --tp, and data parallelism "
-                          "over the remaining ranks)")
     if args.micro_batch_size < 1 or args.shard_size < 1:
         raise ConfigError("--micro-batch-size and --shard-size must be >= 1")
     instances = Instances(args.data_prefix, args.instances, args.instance_length)
@@ -182,7 +207,7 @@ def score(args: ScoreArgs) -> ScoreResult:
     reference = load_for_inference(args.reference, args.tp, args.pp)
     _check_models(teacher, reference, instances)
     meta = run_metadata(instances, teacher, reference, args)
-    is_writer = ps.get_tensor_model_parallel_rank() == 0
+    is_writer = ps.get_tensor_model_parallel_rank() == 0 and ps.is_pipeline_last_stage()
     if _prepare_output(args, meta):
         if env.rank == 0:
             print(f"{args.output}: already complete ({len(instances)} instances)", flush=True)

@@ -82,8 +82,8 @@ def main():
     inst = Instances([f"{tmp}/corpus"], "chunks", args.length)
     batches = []
     for b in range(0, len(inst), args.mbs):
-        x = torch.from_numpy(numpy.stack([inst.tokens(i) for i in range(b, min(b + args.mbs, len(inst)))]
-                                         ).astype(numpy.int64))
+        ids = range(b, min(b + args.mbs, len(inst)))
+        x = torch.from_numpy(numpy.stack([inst.tokens(i) for i in ids]).astype(numpy.int64))
         batches.append((x[:, :-1], torch.arange(x.shape[1] - 1)[None].expand(len(x), -1), x[:, 1:]))
     bare_seconds(teacher, reference, batches[:1])  # warm-up
 

@@ -1,7 +1,7 @@
 """MiniPLM Difference Sampling: instances, scoring (vs a direct computation), kill + resume,
 selection into a refined corpus, cross-family re-tokenisation, and the user errors."""
 
-import json
+import contextlib
 import os
 import subprocess
 import sys
@@ -111,16 +111,29 @@ def test_gumbel_top_k_is_seeded_and_cold_temperature_is_top_k():
 
 
 # ------------------------------------------------------------------ with models
+@contextlib.contextmanager
+def _megatron_here():
+    """megatron-core on one rank in this process; init sets MASTER_PORT etc. in os.environ,
+    which later jobs must not inherit."""
+    from megakd import platform
+
+    saved_env = dict(os.environ)
+    platform.init_model_parallel(1, 1, seed=0)
+    try:
+        yield
+    finally:
+        platform.destroy()
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+
 def _direct_mean_logprobs(setup, instances):
     """Mean log p of tokens 1..n-1 from full logits + log_softmax (not the tool's labels= path)."""
     import torch
 
-    from megakd import platform
     from megakd.miniplm.model import load_for_inference
 
-    saved_env = dict(os.environ)  # init sets MASTER_PORT etc.; later jobs must not inherit them
-    platform.init_model_parallel(1, 1, seed=0)
-    try:
+    with _megatron_here():
         out = []
         for path in (setup["teacher"], setup["reference"]):
             model = load_for_inference(path).model
@@ -134,10 +147,6 @@ def _direct_mean_logprobs(setup, instances):
                     means.append(logp.gather(-1, x[:, 1:, None]).mean().item())
             out.append(numpy.array(means))
         return out
-    finally:
-        platform.destroy()
-        os.environ.clear()
-        os.environ.update(saved_env)
 
 
 def test_selected_set_is_the_top_alpha_of_the_two_models(setup, scored, tmp_path):
@@ -171,6 +180,23 @@ def test_selected_set_is_the_top_alpha_of_the_two_models(setup, scored, tmp_path
                              numpy.concatenate([inst.tokens(i) for i in want]))
 
 
+def test_padding_in_a_batch_of_documents_does_not_change_a_score(setup):
+    """--instances documents batches sequences of different lengths, right-padded."""
+    from megakd.miniplm.model import load_for_inference
+    from megakd.miniplm.score import mean_logprobs
+
+    docs = Instances([setup["prefix"]], "documents")
+    batch = [docs.tokens(i) for i in range(4)]
+    assert len({len(x) for x in batch}) > 1
+    with _megatron_here():
+        model = load_for_inference(setup["teacher"]).model
+        together = mean_logprobs(model, batch, "cpu").numpy()
+        alone = [mean_logprobs(model, [x], "cpu").item() for x in batch]
+        one_token = mean_logprobs(model, [batch[0][:1], batch[1]], "cpu").numpy()
+    numpy.testing.assert_allclose(together, alone, atol=1e-5)
+    assert numpy.isnan(one_token[0]) and abs(one_token[1] - alone[1]) < 1e-5
+
+
 def test_kill_and_resume_gives_the_same_scores_file(setup, scored):
     out = setup["root"] / "scores_killed"
     proc = run_job(_score_args(setup, out), script=SCORE, env={FAULT_ENV: "2"}, check=False)
@@ -189,7 +215,7 @@ def test_data_tensor_and_pipeline_parallel_scores_match(setup, scored):
         out = setup["root"] / f"scores{layout[0]}"
         run_job(_score_args(setup, out, *layout), script=SCORE, nproc=2)
         numpy.testing.assert_allclose(read_scores(out)[0], want, atol=1e-5, err_msg=str(layout))
-    out = setup["root"] / "scores_dp2"  # shards alternate over the 2 ranks; same batches, same bytes
+    out = setup["root"] / "scores_dp2"  # shards alternate over 2 ranks: same batches, same bytes
     run_job(_score_args(setup, out), script=SCORE, nproc=2)
     assert (out / "scores.npy").read_bytes() == (scored / "scores.npy").read_bytes()
 
@@ -239,7 +265,8 @@ def test_split_dataset_is_deterministic_and_partitions_the_documents(tiny_corpus
     r = split_dataset(prefix, str(tmp_path / "held"), str(tmp_path / "rest"), tokens=3000, seed=3)
     held, rest = open_indexed(str(tmp_path / "held")), open_indexed(str(tmp_path / "rest"))
     assert r.held_out_tokens >= 3000 and r.held_out_documents + r.rest_documents == len(ds)
-    docs = sorted([tuple(held[i]) for i in range(len(held))] + [tuple(rest[i]) for i in range(len(rest))])
+    docs = sorted([tuple(held[i]) for i in range(len(held))]
+                  + [tuple(rest[i]) for i in range(len(rest))])
     assert docs == sorted(tuple(ds[i]) for i in range(len(ds)))
     split_dataset(prefix, str(tmp_path / "held2"), str(tmp_path / "rest2"), tokens=3000, seed=3)
     assert (tmp_path / "held2.bin").read_bytes() == (tmp_path / "held.bin").read_bytes()

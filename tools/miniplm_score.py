@@ -36,7 +36,8 @@ def parse_args(argv=None):
                    help="instances per resumable shard file (default 256)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size of both models")
     p.add_argument("--pp", type=int, default=1,
-                   help="pipeline-parallel size of both models (megatron-core schedule, forward only)")
+                   help="pipeline-parallel size of both models (megatron-core schedule, "
+                        "forward only)")
     p.add_argument("--timeout-minutes", type=float, default=60.0,
                    help="collective timeout (ranks wait for each other at the end)")
     p.add_argument("--no-progress", dest="progress", action="store_false",

@@ -54,7 +54,8 @@ def main(argv=None):
             print(f"  {src['prefix']}: kept {src['kept']:,}/{src['instances']:,} instances, "
                   f"{src['tokens_kept']:,}/{src['tokens']:,} tokens")
     print(f"wrote {o['prefix']}.bin/.idx ({o['documents']:,} documents, {o['tokens']:,} tokens), "
-          f"{args.output_prefix}.stats.json" + (f", {s['histogram']}" if s.get("histogram") else ""))
+          f"{args.output_prefix}.stats.json"
+          + (f", {s['histogram']}" if s.get("histogram") else ""))
 
 
 

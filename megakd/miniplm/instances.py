@@ -31,11 +31,11 @@ class Source:
     prefix: str
     fingerprint: str
     stream: numpy.ndarray  # the whole .bin as a read-only token array
-    doc_starts: numpy.ndarray  # token offset of each document in the stream (+ the total at the end)
+    doc_starts: numpy.ndarray  # each document's token offset in the stream, then the total
 
 
 class Instances:
-    """The instance table of a list of sources: per instance its source, stream offset and length."""
+    """The instance table of a list of sources: each instance's source, stream offset, length."""
 
     def __init__(self, prefixes: Sequence[str], mode: str = "chunks", length: int = 1024):
         if mode not in MODES:
@@ -77,7 +77,8 @@ class Instances:
 
     def spans(self, i: int):
         """[(document, token offset, token count)]: the document pieces instance i is made of."""
-        src, st, end = self.sources[self.source[i]], int(self.start[i]), int(self.start[i] + self.size[i])
+        src = self.sources[self.source[i]]
+        st, end = int(self.start[i]), int(self.start[i] + self.size[i])
         doc = int(numpy.searchsorted(src.doc_starts, st, side="right")) - 1
         out = []
         while st < end:

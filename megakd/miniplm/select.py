@@ -85,7 +85,8 @@ def select(args: SelectArgs) -> dict:
     check_same_data(im, instances)
 
     diff = scores[:, 0]
-    kept = choose(diff, num_kept(len(instances), args.ratio), args.mode, args.temperature, args.seed)
+    k = num_kept(len(instances), args.ratio)
+    kept = choose(diff, k, args.mode, args.temperature, args.seed)
     documents, vocab_size = _documents(args, instances, kept, meta)
     written = write_indexed(args.output_prefix, documents, vocab_size)
 
@@ -145,7 +146,8 @@ def _stats(args, instances: Instances, scores, kept, meta, written) -> dict:
     sources = []
     for s, src in enumerate(instances.sources):
         of = instances.source == s
-        sources.append({"prefix": src.prefix, "instances": int(of.sum()), "kept": int((of & mask).sum()),
+        sources.append({"prefix": src.prefix, "instances": int(of.sum()),
+                        "kept": int((of & mask).sum()),
                         "tokens": int(instances.size[of].sum()),
                         "tokens_kept": int(instances.size[of & mask].sum())})
     return {

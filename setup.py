@@ -25,6 +25,7 @@ setup(
         "tqdm",
         "psutil",
         "numpy",
+        "matplotlib",  # MiniPLM score histograms
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "packaging"],

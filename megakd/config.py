@@ -52,6 +52,9 @@ class ModelConfig:
     """Default: train.seq_length."""
     rotary_base: float = 10000.0
     tie_embeddings: bool = True
+    qkv_bias: Optional[bool] = None
+    """Bias on the fused QKV projection (Qwen2: true with no other linear bias). Default: the arch's
+    (llama: no biases, gpt2: every linear has one)."""
     norm_eps: float = 1e-5
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0

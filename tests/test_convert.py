@@ -157,6 +157,8 @@ def test_student_trained_at_pp2_from_hf_exports_and_generates(hf_models, tiny_co
     """model.init_from_hf in a 2-rank PP=2 run, then mcore-to-hf (CLI) -> transformers."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from megakd.convert import hf_to_mcore
+
     hf_dir = hf_models["llama"][0]
     work = tmp_path / "run"
     env = {"MEGAKD_CACHE": str(tmp_path / "cache")}
@@ -167,9 +169,11 @@ def test_student_trained_at_pp2_from_hf_exports_and_generates(hf_models, tiny_co
     losses = read_metrics(work / "metrics.jsonl")
     assert len(losses) == 3
     cached = os.listdir(tmp_path / "cache" / "hf_convert")
-    assert len(cached) == 1  # converted once, by rank 0
+    assert len(cached) == 1  # converted once, by rank 0, into the cache ...
+    init = _mcore_state(str(tmp_path / "cache" / "hf_convert" / cached[0]))
+    reference = _mcore_state(hf_models["llama"][1])
+    assert all(torch.equal(init[k], reference[k]) for k in reference)  # ... as hf-to-mcore does
 
-    # the iteration-0 weights were the HF model's: the first step's loss is the HF model's loss
     out = tmp_path / "student_hf"
     proc = run_job(["mcore-to-hf", "--ckpt", work / "ckpt", "--out", out, "--tokenizer",
                     tiny_corpus[0]], script=TOOL, env=env)
@@ -188,6 +192,16 @@ def test_student_trained_at_pp2_from_hf_exports_and_generates(hf_models, tiny_co
     assert diff <= ATOL
     # the student moved away from the HF initialisation
     assert (ref - _hf_logits(hf_dir, tokens)).abs().max() > 1e-3
+
+    # megatron -> HF -> megatron on trained weights: bit-exact except the vocab padding rows, which
+    # HF files do not carry (they come back as zeros; no token id reaches them)
+    trained, again = _mcore_state(str(work / "ckpt")), _mcore_state(
+        hf_to_mcore(str(out), str(tmp_path / "again")))
+    emb = "embedding.word_embeddings.weight"
+    for k in trained:
+        assert torch.equal(trained[k][:VOCAB] if k == emb else trained[k],
+                           again[k][:VOCAB] if k == emb else again[k]), k
+    assert trained[emb][VOCAB:].any() and not again[emb][VOCAB:].any()
 
     tok = AutoTokenizer.from_pretrained(out)
     prompt = tok("the king", return_tensors="pt")

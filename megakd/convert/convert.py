@@ -32,7 +32,12 @@ ARCH_FIELDS = ("arch", "num_layers", "hidden_size", "ffn_hidden_size", "num_atte
 _HF_KEYS_KEPT = ("model_type", "architectures", "bos_token_id", "eos_token_id", "pad_token_id",
                  "sliding_window")
 _TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                 "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+                 "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _is_torchrun_var(key: str) -> bool:
+    """torchrun's variables; TORCHELASTIC_USE_AGENT_STORE would make a child join the job's store."""
+    return key in _TORCHRUN_ENV or key.startswith("TORCHELASTIC_")
 
 
 def model_config_from_hf(hf_path: str, base: Optional[ModelConfig] = None) -> ModelConfig:
@@ -60,19 +65,17 @@ def single_process():
     if dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConversionError("conversion runs in a single process of its own; call it outside "
                               "torchrun (the trainer does this for model.init_from_hf)")
-    saved = {k: os.environ.get(k) for k in _TORCHRUN_ENV}
-    for k in _TORCHRUN_ENV:
-        os.environ.pop(k, None)
+    saved = {k: v for k, v in os.environ.items() if _is_torchrun_var(k)}
+    for k in saved:
+        del os.environ[k]
     try:
         platform.init_model_parallel(1, 1)
         yield
     finally:
         platform.destroy()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        for k in [k for k in os.environ if _is_torchrun_var(k)]:
+            del os.environ[k]  # what init_distributed set for the world of one
+        os.environ.update(saved)
 
 
 def _build(m: ModelConfig, vocab_size: int, seq_length: int, parallel: Optional[ParallelConfig] = None):
@@ -201,7 +204,7 @@ def cached_hf_checkpoint(hf_path: str, m: ModelConfig, cache_dir: Optional[str] 
     if checkpoint.latest_iteration(out) is not None:
         return out
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in _TORCHRUN_ENV}
+    env = {k: v for k, v in os.environ.items() if not _is_torchrun_var(k)}
     code = ("import sys; from megakd.convert import hf_to_mcore; from megakd.errors import cli_main; "
             "cli_main(hf_to_mcore)(*sys.argv[1:3], dtype=sys.argv[3], "
             "make_vocab_size_divisible_by=int(sys.argv[4]))")

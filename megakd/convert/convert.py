@@ -129,6 +129,9 @@ def read_checkpoint_config(ckpt: str) -> Tuple[ModelConfig, dict]:
 
     from megakd.training import checkpoint
 
+    if not os.path.exists(ckpt):
+        raise ConversionError(f"checkpoint {ckpt} does not exist; pass a megakd checkpoint directory "
+                              f"(with latest_checkpointed_iteration.txt) or one of its iter_* folders")
     common = load_common_state_dict(checkpoint.resolve(ckpt))
     if "config" not in common or "vocab_size" not in common:
         raise ConversionError(f"{ckpt} has no megakd config in its common state (was it written by "
@@ -164,7 +167,7 @@ def mcore_to_hf(ckpt: str, out: str, tokenizer: Optional[str] = None,
             weights = _weights(model)
         padded = weights["embedding.word_embeddings.weight"].shape[0]
         tensors = mcore_to_hf_tensors(family.all_rules(m.num_layers), weights, _dims(m, padded))
-        tensors = {k: v.to(DTYPES[dtype]) for k, v in tensors.items()}
+        tensors = {k: v.to("cpu", DTYPES[dtype]) for k, v in tensors.items()}
         hf_config = family.config_to_hf(m, max_positions)
         kept = common.get("hf_config") or {}
         if kept.get("model_type") in family.model_types:

@@ -56,8 +56,9 @@ def main(argv=None):
         padded_vocab_size(m.vocab_size, m, args.tp)
         hf_to_mcore(args.hf, args.out, dtype=args.dtype,
                     make_vocab_size_divisible_by=args.make_vocab_size_divisible_by)
-        print(f"wrote {args.out} ({family_for_model(m).name}, {m.num_layers} layers, hidden {m.hidden_size}, vocab "
-              f"{m.vocab_size}); load it at any TP/PP with checkpoint.pretrained={args.out}")
+        print(f"wrote {args.out} ({family_for_model(m).name}, {m.num_layers} layers, hidden "
+              f"{m.hidden_size}, vocab {m.vocab_size}); load it at any TP/PP with "
+              f"checkpoint.pretrained={args.out}")
     else:
         mcore_to_hf(args.ckpt, args.out, tokenizer=args.tokenizer, dtype=args.dtype)
         print(f"wrote {args.out}; load it with transformers.AutoModelForCausalLM.from_pretrained")

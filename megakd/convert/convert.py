@@ -103,7 +103,7 @@ def hf_to_mcore(hf_path: str, out: str, dtype: str = "fp32",
     family = family_for_hf(hf_cfg.model_type)
     m = dataclasses.replace(family.config_from_hf(hf_cfg), precision=dtype,
                             make_vocab_size_divisible_by=make_vocab_size_divisible_by)
-    weights = normalize_names(read_hf_weights(hf_path, hf_cfg), family.hf_prefix)
+    weights = normalize_names(read_hf_weights(hf_path), family.hf_prefix)
     seq_length = m.max_position_embeddings
     with AtomicDir(out) as tmp, single_process():
         model = _build(m, m.vocab_size, seq_length)

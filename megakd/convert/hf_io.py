@@ -48,7 +48,7 @@ def read_hf_config(path: str):
         raise ConversionError(f"cannot read the HF config of {path} ({_one_line(e)})") from e
 
 
-def read_hf_weights(path: str, hf_config) -> Dict[str, torch.Tensor]:
+def read_hf_weights(path: str) -> Dict[str, torch.Tensor]:
     """All weights of a local HF model as {name: tensor} (fp32 for GGUF, stored dtype otherwise)."""
     if is_gguf(path):
         weights = _read_gguf(path)

@@ -73,7 +73,8 @@ PACKED_QKV = Layout("packed qkv", lambda ts, d: _fuse_qkv(*ts[0].chunk(3), d),
 PACKED_QKV_CONV1D = Layout("packed qkv conv1d", lambda ts, d: _fuse_qkv(*_t(ts[0]).chunk(3), d),
                            lambda x, d: [_t(torch.cat(_split_qkv(x, d)))])
 GLU = Layout("glu", lambda ts, d: torch.cat(ts), lambda x, d: list(x.chunk(2)))
-"""SwiGLU: megatron-core's linear_fc1 is [gate; up] (its sharded_state_dict splits both halves per TP rank)."""
+"""SwiGLU: megatron-core's linear_fc1 is [gate; up]; its sharded_state_dict gives each TP rank a slice
+of both halves."""
 VOCAB = Layout("vocab", lambda ts, d: _pad_vocab(ts[0], d),
                lambda x, d: [x[:d.vocab_size].contiguous()])
 

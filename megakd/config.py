@@ -52,6 +52,9 @@ class ModelConfig:
     """Default: train.seq_length."""
     rotary_base: float = 10000.0
     tie_embeddings: bool = True
+    qkv_bias: Optional[bool] = None
+    """Bias on the fused QKV projection (Qwen2: true with no other linear bias). Default: the arch's
+    (llama: no biases, gpt2: every linear has one)."""
     norm_eps: float = 1e-5
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
@@ -61,6 +64,9 @@ class ModelConfig:
     """Run linear layers in FP8 through Transformer Engine (needs TE and a Hopper GPU)."""
     transformer_impl: Literal["auto", "local", "transformer_engine"] = "auto"
     """auto: Transformer Engine spec when TE and CUDA are present, megatron-core local spec otherwise."""
+    init_from_hf: Optional[str] = None
+    """Start from a Hugging Face model (local directory or .gguf file): its architecture replaces the
+    model.* shape keys and its weights are converted once (cached under $MEGAKD_CACHE) and loaded."""
 
 
 @dataclass
@@ -179,6 +185,8 @@ class Config:
                                   f"micro_batch_size*data_parallel={t.micro_batch_size * dp}")
         if self.optim.min_lr > self.optim.lr:
             raise ConfigError("optim.min_lr must not exceed optim.lr")
+        if m.init_from_hf and self.checkpoint.pretrained:
+            raise ConfigError("set only one of model.init_from_hf and checkpoint.pretrained")
         if self.data.prefix is None:
             raise ConfigError("data.prefix is not set; point it at a <prefix> with .bin/.idx "
                               "(make one with tools/preprocess_data.py)")

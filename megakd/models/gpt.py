@@ -90,7 +90,7 @@ def transformer_config(cfg: ModelConfig, parallel: ParallelConfig) -> Transforme
         gated_linear_unit=llama,
         activation_func=F.silu if llama else (lambda x: F.gelu(x, approximate="tanh")),
         add_bias_linear=not llama,
-        add_qkv_bias=not llama,
+        add_qkv_bias=(not llama) if cfg.qkv_bias is None else cfg.qkv_bias,
         hidden_dropout=cfg.hidden_dropout,
         attention_dropout=cfg.attention_dropout,
         init_method_std=cfg.init_method_std,

@@ -84,14 +84,21 @@ def _state_dict(model, optimizer, scheduler, common: dict, is_loading: bool,
 
 
 def save(root: str, iteration: int, model, optimizer, scheduler, common: dict) -> str:
-    """Save synchronously and mark it latest once every rank is done. Returns the iter_* dir."""
+    """Save synchronously and mark it latest once every rank is done. Returns the iter_* dir.
+
+    optimizer=None saves the model weights only (e.g. a model converted from Hugging Face): such a
+    checkpoint initialises a run through `load_weights` / checkpoint.pretrained, it cannot resume one.
+    """
     path = iter_dir(root, iteration)
     if dist.get_rank() == 0:
         if os.path.exists(path):  # a leftover of a save that was killed half-way
             shutil.rmtree(path)
         os.makedirs(path)
     dist.barrier()
-    sd = _state_dict(model, optimizer, scheduler, {"iteration": iteration, **common}, False)
+    full = optimizer is not None
+    sd = _state_dict(model, optimizer, scheduler,
+                     {"iteration": iteration, "weights_only": not full, **common}, False,
+                     with_optimizer=full, with_rng=full)
     dist_checkpointing.save(sd, path)
     dist.barrier()
     if dist.get_rank() == 0:
@@ -107,6 +114,9 @@ def load(path: str, model, optimizer, scheduler) -> dict:
     """Resume everything from the latest checkpoint in `path`; returns its common state."""
     ckpt = resolve(path)
     common = load_common_state_dict(ckpt)
+    if common.get("weights_only"):
+        raise CheckpointError(f"{ckpt} holds model weights only (no optimizer state to resume); "
+                              f"start from it with checkpoint.pretrained instead of checkpoint.load")
     sd = _state_dict(model, optimizer, scheduler, {}, True, with_rng=_same_layout(common))
     loaded = dist_checkpointing.load(sd, ckpt)
     model.load_state_dict(loaded["model"])

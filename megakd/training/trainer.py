@@ -24,6 +24,7 @@ from megakd import platform
 from megakd.config import Config
 from megakd.data.gpt import BatchStream, build_datasets
 from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer
+from megakd.errors import MegakdError
 from megakd.models import build_model
 from megakd.training import checkpoint
 from megakd.training.logging import MetricsLogger
@@ -42,6 +43,11 @@ class Trainer:
         p = cfg.parallel
         cfg.validate(platform.init_distributed(p.timeout_minutes).world_size)
         self.env = platform.init_model_parallel(p.tp, p.pp, cfg.train.seed, p.timeout_minutes)
+        if cfg.model.init_from_hf:  # the HF architecture replaces model.*: check the result again
+            self.hf_init = self._convert_hf_init()
+            cfg.validate(self.env.world_size)
+        else:
+            self.hf_init = None
         self.tokenizer = MegatronTokenizer(load_tokenizer(cfg.data.tokenizer))
         self.dp_size = ps.get_data_parallel_world_size()
         self.dp_rank = ps.get_data_parallel_rank()
@@ -81,6 +87,23 @@ class Trainer:
                   f"checkpoints -> {c.save or 'none'}", flush=True)
 
     # ------------------------------------------------------------------ checkpoints
+    def _convert_hf_init(self) -> str:
+        """model.init_from_hf: take the HF model's architecture; rank 0 converts it once (cached)."""
+        from megakd.convert import cached_hf_checkpoint, model_config_from_hf
+
+        m = self.cfg.model
+        self.cfg.model = model_config_from_hf(m.init_from_hf, base=m)
+        box = [None, None]  # (checkpoint path, error): every rank fails when the conversion does
+        if self.env.rank == 0:
+            try:
+                box[0] = cached_hf_checkpoint(m.init_from_hf, self.cfg.model)
+            except MegakdError as e:
+                box[1] = e
+        dist.broadcast_object_list(box, src=0)
+        if box[1] is not None:
+            raise box[1]
+        return box[0]
+
     def _load(self):
         c = self.cfg.checkpoint
         if c.load and checkpoint.latest_iteration(c.load) is not None:
@@ -89,6 +112,8 @@ class Trainer:
             self.consumed_samples = common["consumed_samples"]
         elif c.pretrained:
             checkpoint.load_weights(c.pretrained, self.model)
+        elif self.hf_init:
+            checkpoint.load_weights(self.hf_init, self.model)
 
     def save(self):
         if not self.cfg.checkpoint.save:

@@ -22,6 +22,7 @@ RUN python -c "import torch; print(torch.__version__)" > /tmp/torch-version \
         tqdm \
         psutil \
         numpy \
+        matplotlib \
  && python -c "import torch; print(torch.__version__)" | cmp - /tmp/torch-version
 
 COPY setup.py ./

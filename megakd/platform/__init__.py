@@ -40,15 +40,16 @@ def device() -> torch.device:
 
 
 def init_distributed(timeout_minutes: float = 10.0) -> DistEnv:
-    """Initialise torch.distributed (idempotent) and the device; install the CPU layer without CUDA."""
+    """Initialise torch.distributed (idempotent) and the device; install the CPU layer without CUDA.
+
+    Under torchrun the rendezvous comes from its environment (env://). Without it this process is a
+    world of one on a fresh local port, and os.environ is left untouched (no MASTER_PORT leaks into
+    later jobs started from this process).
+    """
+    launched = "WORLD_SIZE" in os.environ
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if world_size == 1:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         backend = "nccl"
@@ -56,9 +57,10 @@ def init_distributed(timeout_minutes: float = 10.0) -> DistEnv:
         cpu.install()
         backend = "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, world_size=world_size, rank=rank,
-                                timeout=datetime.timedelta(minutes=timeout_minutes))
-    return DistEnv(rank, world_size, local_rank, device(), backend)
+        init_method = "env://" if launched else f"tcp://127.0.0.1:{_free_port()}"
+        dist.init_process_group(backend=backend, init_method=init_method, world_size=world_size,
+                                rank=rank, timeout=datetime.timedelta(minutes=timeout_minutes))
+    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device(), backend)
 
 
 def init_model_parallel(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: float = 10.0):

@@ -130,6 +130,37 @@ class CheckpointConfig:
 
 
 @dataclass
+class TeacherConfig:
+    checkpoint: Optional[str] = None
+    """Teacher weights: a megakd dist checkpoint (trained or converted; any saved TP/PP)."""
+    hf_path: Optional[str] = None
+    """Or a local Hugging Face model directory / .gguf file (converted once, cached in $MEGAKD_CACHE)."""
+    placement: Literal["colocated"] = "colocated"
+    """colocated: every student rank runs the teacher at the student's TP (PP=1 only so far)."""
+
+
+@dataclass
+class KDConfig:
+    source: Literal["none", "online"] = "none"
+    """none: LM loss only. online: teacher logits computed during training (see teacher.*)."""
+    kind: str = "fkl"
+    """Divergence: fkl, rkl, sfkl, srkl, jsd, tvd, mse, nll (megakd.losses)."""
+    temperature: float = 1.0
+    """Both distributions at temperature T; no T^2 factor (megakd/losses/distill.py)."""
+    top_p: float = 1.0
+    """Teacher truncation (PD paper: 0.95), applied after temperature, before top_k."""
+    top_k: int = 0
+    """Keep at most this many teacher tokens per position (0 = all; PD paper: 50-100)."""
+    alpha: float = 0.9
+    """KD weight: loss = (1-alpha)*LM + alpha*KD; the peak value for linear/wsd schedules."""
+    alpha_schedule: Literal["constant", "linear", "wsd"] = "constant"
+    alpha_warmup: float = 0.1
+    """wsd: fraction of train.iters over which alpha rises from 0 to kd.alpha."""
+    alpha_decay: float = 0.1
+    """wsd: final fraction of train.iters over which alpha decays to 0."""
+
+
+@dataclass
 class LogConfig:
     interval: int = 1
     """Print/record training metrics every N iterations."""
@@ -147,6 +178,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    kd: KDConfig = field(default_factory=KDConfig)
 
     def validate(self, world_size: Optional[int] = None) -> "Config":
         """Cross-field checks; raises ConfigError naming the keys to change."""
@@ -187,12 +220,33 @@ class Config:
             raise ConfigError("optim.min_lr must not exceed optim.lr")
         if m.init_from_hf and self.checkpoint.pretrained:
             raise ConfigError("set only one of model.init_from_hf and checkpoint.pretrained")
+        self._validate_kd()
         if self.data.prefix is None:
             raise ConfigError("data.prefix is not set; point it at a <prefix> with .bin/.idx "
                               "(make one with tools/preprocess_data.py)")
         if self.data.tokenizer is None:
             raise ConfigError("data.tokenizer is not set; point it at a local Hugging Face tokenizer dir")
         return self
+
+    def _validate_kd(self):
+        from megakd.losses import KINDS
+
+        k, tch = self.kd, self.teacher
+        if k.kind not in KINDS:
+            raise ConfigError(f"kd.kind={k.kind!r} is not one of {sorted(KINDS)}")
+        if not 0.0 <= k.alpha <= 1.0:
+            raise ConfigError(f"kd.alpha={k.alpha} must be in [0, 1]")
+        if k.temperature <= 0:
+            raise ConfigError(f"kd.temperature={k.temperature} must be positive")
+        if not 0.0 < k.top_p <= 1.0 or k.top_k < 0:
+            raise ConfigError("kd.top_p must be in (0, 1] and kd.top_k >= 0")
+        if k.source == "online":
+            if (tch.checkpoint is None) == (tch.hf_path is None):
+                raise ConfigError("kd.source=online needs exactly one of teacher.checkpoint and "
+                                  "teacher.hf_path")
+            if self.parallel.pp > 1:
+                raise ConfigError("a co-located teacher with parallel.pp > 1 is not supported yet; "
+                                  "use parallel.pp=1 (TP and DP work)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -21,10 +21,11 @@ from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megakd import platform
-from megakd.config import Config
+from megakd.config import Config, ParallelConfig
 from megakd.data.gpt import BatchStream, build_datasets
 from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer
-from megakd.errors import MegakdError
+from megakd.errors import ConfigError, MegakdError
+from megakd.losses import distill_loss, schedules
 from megakd.models import build_model
 from megakd.training import checkpoint
 from megakd.training.logging import MetricsLogger
@@ -66,6 +67,10 @@ class Trainer:
         mconfig.finalize_model_grads_func = finalize_model_grads
         mconfig.grad_scale_func = self.optimizer.scale_loss
 
+        self.teacher = self._build_teacher() if cfg.kd.source == "online" else None
+        if self.teacher is not None:
+            self.loss_keys = ["lm loss", "kd loss", "loss"]
+
         self.iteration = 0
         self.consumed_samples = 0
         self._load()
@@ -89,20 +94,44 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def _convert_hf_init(self) -> str:
         """model.init_from_hf: take the HF model's architecture; rank 0 converts it once (cached)."""
-        from megakd.convert import cached_hf_checkpoint, model_config_from_hf
+        from megakd.convert import model_config_from_hf
 
         m = self.cfg.model
         self.cfg.model = model_config_from_hf(m.init_from_hf, base=m)
+        return self._hf_checkpoint(m.init_from_hf, self.cfg.model)
+
+    def _hf_checkpoint(self, hf_path: str, model_cfg) -> str:
+        """Rank 0 converts an HF model once (cached); every rank gets the path, or the error."""
+        from megakd.convert import cached_hf_checkpoint
+
         box = [None, None]  # (checkpoint path, error): every rank fails when the conversion does
         if self.env.rank == 0:
             try:
-                box[0] = cached_hf_checkpoint(m.init_from_hf, self.cfg.model)
+                box[0] = cached_hf_checkpoint(hf_path, model_cfg)
             except MegakdError as e:
                 box[1] = e
         dist.broadcast_object_list(box, src=0)
         if box[1] is not None:
             raise box[1]
         return box[0]
+
+    def _build_teacher(self):
+        """Co-located teacher: the same TP as the student, eval mode, no gradients."""
+        from megakd.convert import load_checkpoint_model, model_config_from_hf
+
+        t = self.cfg.teacher
+        path = t.checkpoint or self._hf_checkpoint(t.hf_path, model_config_from_hf(t.hf_path))
+        teacher, common = load_checkpoint_model(path, ParallelConfig(tp=self.cfg.parallel.tp))
+        student_vocab = self.model.vocab_size
+        if teacher.vocab_size != student_vocab or common["vocab_size"] > self.tokenizer.vocab_size:
+            raise ConfigError(f"teacher {path} has vocabulary {common['vocab_size']} (padded "
+                              f"{teacher.vocab_size}) but the student's tokenizer has "
+                              f"{self.tokenizer.vocab_size} (padded {student_vocab}); distill "
+                              f"between models that share a tokenizer")
+        teacher.eval()
+        for param in teacher.parameters():
+            param.requires_grad_(False)
+        return teacher
 
     def _load(self):
         c = self.cfg.checkpoint
@@ -125,17 +154,45 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def forward_step(self, data_iterator: Iterator[dict], model):
-        batch = next(data_iterator)
-        output = model(batch["tokens"].to(self.env.device), batch["position_ids"].to(self.env.device),
-                       None, labels=batch["labels"].to(self.env.device))
-        return output, partial(self.loss_func, batch["loss_mask"].to(self.env.device))
+        batch = {k: v.to(self.env.device) for k, v in next(data_iterator).items()}
+        tokens, positions, labels = batch["tokens"], batch["position_ids"], batch["labels"]
+        if self.teacher is None:
+            output = model(tokens, positions, None, labels=labels)  # per-token CE, vocab-parallel
+            return output, partial(self.loss_func, batch["loss_mask"])
+        # KD: the student's vocab-sharded logits feed both the LM loss and the fused KD loss.
+        logits = model(tokens, positions, None)  # [b, s, V/TP]
+        with torch.no_grad():
+            teacher_logits = self.teacher(tokens, positions, None)
+        lm = self.model.compute_language_model_loss(labels, logits.transpose(0, 1).contiguous())
+        k = self.cfg.kd
+        kd = distill_loss(logits, teacher_logits, kind=k.kind, temperature=k.temperature,
+                          top_p=k.top_p, top_k=k.top_k, tp_group=ps.get_tensor_model_parallel_group(),
+                          loss_mask=batch["loss_mask"])
+        return torch.stack([lm.float(), kd]), partial(self.loss_func, batch["loss_mask"])
 
-    def loss_func(self, loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
-        """Sum of masked per-token LM losses + token count; megatron divides by the global count."""
+    def alpha(self) -> float:
+        """KD weight of the step being computed (kd.alpha_schedule over train.iters)."""
+        k = self.cfg.kd
+        kwargs = {"constant": {"alpha": k.alpha}, "linear": {"start": 0.0, "end": k.alpha},
+                  "wsd": {"peak": k.alpha, "warmup": k.alpha_warmup, "decay": k.alpha_decay}}
+        return schedules.alpha_at(k.alpha_schedule, self.iteration, max(self.cfg.train.iters, 1),
+                                  **kwargs[k.alpha_schedule])
+
+    def loss_func(self, loss_mask: torch.Tensor, per_token: torch.Tensor):
+        """Sum of masked per-token losses + token count; megatron divides by the global count.
+
+        LM only: per_token is the CE [b, s]. With KD it is [2, b, s] (LM, KD), mixed by alpha."""
         mask = loss_mask.float()
-        loss = (per_token_loss.float() * mask).sum()
-        tokens = mask.sum().to(torch.int)
-        return loss, tokens, {"lm loss": torch.stack([loss.detach(), mask.sum()])}
+        count = mask.sum()
+        tokens = count.to(torch.int)
+        if self.teacher is None:
+            loss = (per_token.float() * mask).sum()
+            return loss, tokens, {"lm loss": torch.stack([loss.detach(), count])}
+        lm, kd = (per_token[0] * mask).sum(), (per_token[1] * mask).sum()
+        loss = schedules.mix(lm, kd, self.alpha())
+        return loss, tokens, {"lm loss": torch.stack([lm.detach(), count]),
+                              "kd loss": torch.stack([kd.detach(), count]),
+                              "loss": torch.stack([loss.detach(), count])}
 
     def _run(self, data_iter, forward_only: bool) -> List[Dict[str, torch.Tensor]]:
         t = self.cfg.train
@@ -162,6 +219,8 @@ class Trainer:
         ok, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(increment=1)
         metrics = self._reduce(stats)
+        if self.teacher is not None:
+            metrics["alpha"] = self.alpha()
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         metrics["grad norm"] = float(grad_norm) if grad_norm is not None else 0.0
         if not ok:

@@ -97,3 +97,28 @@ def test_teacher_from_hugging_face_dir(tiny_corpus, tmp_path):
                    env=env, check=False)
     assert proc.returncode == 2 and "distill between models that share a tokenizer" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_teacher_with_another_tokenizer_is_refused(models, tiny_corpus, tmp_path):
+    """Same vocabulary size, two token ids swapped: the recorded fingerprints differ."""
+    import json
+    import shutil
+
+    other = str(tmp_path / "tok")
+    shutil.copytree(tiny_corpus[0], other)
+    with open(f"{other}/tokenizer.json") as f:
+        spec = json.load(f)
+    vocab = spec["model"]["vocab"]
+    a, b = sorted(vocab, key=vocab.get)[100:102]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    with open(f"{other}/tokenizer.json", "w") as f:
+        json.dump(spec, f)
+    teacher = tmp_path / "teacher"
+    run_job(tiny_args(tiny_corpus, tmp_path / "t", **{"train.iters": 0, "checkpoint.save": teacher,
+                                                      "data.tokenizer": other}))
+    init, _ = models
+    proc = run_job(tiny_args(tiny_corpus, tmp_path / "s", **{**KD, "teacher.checkpoint": teacher,
+                                                             "checkpoint.pretrained": init}),
+                   check=False)
+    assert proc.returncode == 2 and "was trained with tokenizer" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr

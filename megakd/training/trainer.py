@@ -23,7 +23,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megakd import platform
 from megakd.config import Config, ParallelConfig
 from megakd.data.gpt import BatchStream, build_datasets
-from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer
+from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer, vocab_fingerprint
 from megakd.errors import ConfigError, MegakdError
 from megakd.losses import distill_loss, schedules
 from megakd.models import build_model
@@ -122,6 +122,13 @@ class Trainer:
         t = self.cfg.teacher
         path = t.checkpoint or self._hf_checkpoint(t.hf_path, model_config_from_hf(t.hf_path))
         teacher, common = load_checkpoint_model(path, ParallelConfig(tp=self.cfg.parallel.tp))
+        mine = vocab_fingerprint(self.tokenizer.hf_tokenizer)
+        theirs = common.get("tokenizer", {})  # recorded by the trainer; absent in HF conversions
+        if theirs.get("fingerprint", mine) != mine:
+            raise ConfigError(f"teacher {path} was trained with tokenizer {theirs.get('path')} "
+                              f"(vocab fingerprint {theirs['fingerprint']}), the student uses "
+                              f"{self.cfg.data.tokenizer} ({mine}); distill between models that "
+                              f"share a tokenizer")
         student_vocab = self.model.vocab_size
         if teacher.vocab_size != student_vocab or common["vocab_size"] > self.tokenizer.vocab_size:
             raise ConfigError(f"teacher {path} has vocabulary {common['vocab_size']} (padded "
@@ -148,7 +155,10 @@ class Trainer:
         if not self.cfg.checkpoint.save:
             return
         common = {"consumed_samples": self.consumed_samples, "config": self.cfg.to_dict(),
-                  "vocab_size": self.tokenizer.vocab_size, **checkpoint.layout_state()}
+                  "vocab_size": self.tokenizer.vocab_size,
+                  "tokenizer": {"path": self.cfg.data.tokenizer,
+                                "fingerprint": vocab_fingerprint(self.tokenizer.hf_tokenizer)},
+                  **checkpoint.layout_state()}
         checkpoint.save(self.cfg.checkpoint.save, self.iteration, self.model, self.optimizer,
                         self.scheduler, common)
 

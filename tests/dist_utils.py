@@ -8,10 +8,10 @@ import subprocess
 import sys
 import tempfile
 
+from megakd.platform import is_rendezvous_var
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN = os.path.join(REPO, "examples", "pretrain_pd.py")
-_RENDEZVOUS_VARS = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK",
-                    "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE"}
 
 
 def free_port() -> int:
@@ -28,8 +28,8 @@ def run_job(args, nproc: int = 1, env=None, timeout: int = 600, script: str = PR
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                "--master-port", str(free_port()), script]
-    inherited = {k: v for k, v in os.environ.items()  # a job never joins this process's rendezvous
-                 if k not in _RENDEZVOUS_VARS and not k.startswith("TORCHELASTIC_")}
+    # a job never joins this process's rendezvous
+    inherited = {k: v for k, v in os.environ.items() if not is_rendezvous_var(k)}
     full_env = {**inherited, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, **(env or {})}
     argv = cmd + [str(a) for a in args]
     # Output goes to files, not pipes, and the job gets its own session: megatron-core's checkpoint

@@ -1,7 +1,6 @@
 """MiniPLM Difference Sampling: instances, scoring (vs a direct computation), kill + resume,
 selection into a refined corpus, cross-family re-tokenisation, and the user errors."""
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from conftest import synthetic_texts
 from dist_utils import REPO, run_job, tiny_args
 from fixtures_data import TINY_TEXTS, make_tiny_tokenizer
 
+from megakd.convert.convert import single_process
 from megakd.data.indexed import open_indexed, write_indexed
 from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer
 from megakd.errors import DataError
@@ -111,29 +111,13 @@ def test_gumbel_top_k_is_seeded_and_cold_temperature_is_top_k():
 
 
 # ------------------------------------------------------------------ with models
-@contextlib.contextmanager
-def _megatron_here():
-    """megatron-core on one rank in this process; init sets MASTER_PORT etc. in os.environ,
-    which later jobs must not inherit."""
-    from megakd import platform
-
-    saved_env = dict(os.environ)
-    platform.init_model_parallel(1, 1, seed=0)
-    try:
-        yield
-    finally:
-        platform.destroy()
-        os.environ.clear()
-        os.environ.update(saved_env)
-
-
 def _direct_mean_logprobs(setup, instances):
     """Mean log p of tokens 1..n-1 from full logits + log_softmax (not the tool's labels= path)."""
     import torch
 
     from megakd.miniplm.model import load_for_inference
 
-    with _megatron_here():
+    with single_process():
         out = []
         for path in (setup["teacher"], setup["reference"]):
             model = load_for_inference(path).model
@@ -188,7 +172,7 @@ def test_padding_in_a_batch_of_documents_does_not_change_a_score(setup):
     docs = Instances([setup["prefix"]], "documents")
     batch = [docs.tokens(i) for i in range(4)]
     assert len({len(x) for x in batch}) > 1
-    with _megatron_here():
+    with single_process():
         model = load_for_inference(setup["teacher"]).model
         together = mean_logprobs(model, batch, "cpu").numpy()
         alone = [mean_logprobs(model, [x], "cpu").item() for x in batch]

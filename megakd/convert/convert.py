@@ -17,6 +17,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from megakd import platform
 from megakd.config import Config, ModelConfig, ParallelConfig, TrainConfig, from_dict
 from megakd.convert.families import family_for_hf, family_for_model
 from megakd.convert.hf_io import (AtomicDir, normalize_names, read_hf_config, read_hf_weights,
@@ -31,15 +32,6 @@ ARCH_FIELDS = ("arch", "num_layers", "hidden_size", "ffn_hidden_size", "num_atte
 # Kept from the original HF config when a converted model is exported again.
 _HF_KEYS_KEPT = ("model_type", "architectures", "bos_token_id", "eos_token_id", "pad_token_id",
                  "sliding_window")
-_TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                 "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT")
-
-
-def _is_torchrun_var(key: str) -> bool:
-    """torchrun's variables; TORCHELASTIC_USE_AGENT_STORE would make a child join the job's store."""
-    return key in _TORCHRUN_ENV or key.startswith("TORCHELASTIC_")
-
-
 def model_config_from_hf(hf_path: str, base: Optional[ModelConfig] = None) -> ModelConfig:
     """megakd's ModelConfig for an HF model: its architecture over `base`'s other keys."""
     hf_cfg = read_hf_config(hf_path)
@@ -60,21 +52,17 @@ def single_process():
     """A world of one process with megatron-core's TP=1/PP=1 state, torn down afterwards."""
     import torch.distributed as dist
 
-    from megakd import platform
-
     if dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConversionError("conversion runs in a single process of its own; call it outside "
                               "torchrun (the trainer does this for model.init_from_hf)")
-    saved = {k: v for k, v in os.environ.items() if _is_torchrun_var(k)}
-    for k in saved:
+    saved = {k: v for k, v in os.environ.items() if platform.is_rendezvous_var(k)}
+    for k in saved:  # a world of one of its own, not the launching job's rendezvous
         del os.environ[k]
     try:
         platform.init_model_parallel(1, 1)
         yield
     finally:
         platform.destroy()
-        for k in [k for k in os.environ if _is_torchrun_var(k)]:
-            del os.environ[k]  # what init_distributed set for the world of one
         os.environ.update(saved)
 
 
@@ -207,7 +195,7 @@ def cached_hf_checkpoint(hf_path: str, m: ModelConfig, cache_dir: Optional[str] 
     if checkpoint.latest_iteration(out) is not None:
         return out
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not _is_torchrun_var(k)}
+    env = {k: v for k, v in os.environ.items() if not platform.is_rendezvous_var(k)}
     code = ("import sys; from megakd.convert import hf_to_mcore; from megakd.errors import cli_main; "
             "cli_main(hf_to_mcore)(*sys.argv[1:3], dtype=sys.argv[3], "
             "make_vocab_size_divisible_by=int(sys.argv[4]))")

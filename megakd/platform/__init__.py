@@ -17,6 +17,17 @@ import torch.distributed as dist
 from megakd.platform import cpu
 
 
+# What torchrun sets to describe a job; a process started from inside one must not inherit them, or
+# it would try to join that job's rendezvous (TORCHELASTIC_USE_AGENT_STORE in particular).
+RENDEZVOUS_VARS = frozenset({"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+                             "ROLE_RANK", "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "ROLE_NAME",
+                             "MASTER_ADDR", "MASTER_PORT"})
+
+
+def is_rendezvous_var(key: str) -> bool:
+    return key in RENDEZVOUS_VARS or key.startswith("TORCHELASTIC_")
+
+
 @dataclass(frozen=True)
 class DistEnv:
     rank: int

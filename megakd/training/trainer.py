@@ -21,13 +21,13 @@ from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megakd import platform
-from megakd.config import Config, ParallelConfig
+from megakd.config import Config
 from megakd.data.gpt import BatchStream, build_datasets
 from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer, vocab_fingerprint
-from megakd.errors import ConfigError, MegakdError
 from megakd.losses import distill_loss, schedules
 from megakd.models import build_model
 from megakd.training import checkpoint
+from megakd.training import teacher as teacher_source
 from megakd.training.logging import MetricsLogger
 from megakd.training.optimizer import build_optimizer, build_scheduler
 
@@ -67,7 +67,7 @@ class Trainer:
         mconfig.finalize_model_grads_func = finalize_model_grads
         mconfig.grad_scale_func = self.optimizer.scale_loss
 
-        self.teacher = self._build_teacher() if cfg.kd.source == "online" else None
+        self.teacher = teacher_source.build(self) if cfg.kd.source != "none" else None
         if self.teacher is not None:
             self.loss_keys = ["lm loss", "kd loss", "loss"]
 
@@ -98,47 +98,7 @@ class Trainer:
 
         m = self.cfg.model
         self.cfg.model = model_config_from_hf(m.init_from_hf, base=m)
-        return self._hf_checkpoint(m.init_from_hf, self.cfg.model)
-
-    def _hf_checkpoint(self, hf_path: str, model_cfg) -> str:
-        """Rank 0 converts an HF model once (cached); every rank gets the path, or the error."""
-        from megakd.convert import cached_hf_checkpoint
-
-        box = [None, None]  # (checkpoint path, error): every rank fails when the conversion does
-        if self.env.rank == 0:
-            try:
-                box[0] = cached_hf_checkpoint(hf_path, model_cfg)
-            except MegakdError as e:
-                box[1] = e
-        dist.broadcast_object_list(box, src=0)
-        if box[1] is not None:
-            raise box[1]
-        return box[0]
-
-    def _build_teacher(self):
-        """Co-located teacher: the same TP as the student, eval mode, no gradients."""
-        from megakd.convert import load_checkpoint_model, model_config_from_hf
-
-        t = self.cfg.teacher
-        path = t.checkpoint or self._hf_checkpoint(t.hf_path, model_config_from_hf(t.hf_path))
-        teacher, common = load_checkpoint_model(path, ParallelConfig(tp=self.cfg.parallel.tp))
-        mine = vocab_fingerprint(self.tokenizer.hf_tokenizer)
-        theirs = common.get("tokenizer", {})  # recorded by the trainer; absent in HF conversions
-        if theirs.get("fingerprint", mine) != mine:
-            raise ConfigError(f"teacher {path} was trained with tokenizer {theirs.get('path')} "
-                              f"(vocab fingerprint {theirs['fingerprint']}), the student uses "
-                              f"{self.cfg.data.tokenizer} ({mine}); distill between models that "
-                              f"share a tokenizer")
-        student_vocab = self.model.vocab_size
-        if teacher.vocab_size != student_vocab or common["vocab_size"] > self.tokenizer.vocab_size:
-            raise ConfigError(f"teacher {path} has vocabulary {common['vocab_size']} (padded "
-                              f"{teacher.vocab_size}) but the student's tokenizer has "
-                              f"{self.tokenizer.vocab_size} (padded {student_vocab}); distill "
-                              f"between models that share a tokenizer")
-        teacher.eval()
-        for param in teacher.parameters():
-            param.requires_grad_(False)
-        return teacher
+        return teacher_source.hf_checkpoint(self, m.init_from_hf, self.cfg.model)
 
     def _load(self):
         c = self.cfg.checkpoint
@@ -171,11 +131,10 @@ class Trainer:
             return output, partial(self.loss_func, batch["loss_mask"])
         # KD: the student's vocab-sharded logits feed both the LM loss and the fused KD loss.
         logits = model(tokens, positions, None)  # [b, s, V/TP]
-        with torch.no_grad():
-            teacher_logits = self.teacher(tokens, positions, None)
+        target = self.teacher.targets(batch)  # dense logits or a SparseTarget
         lm = self.model.compute_language_model_loss(labels, logits.transpose(0, 1).contiguous())
         k = self.cfg.kd
-        kd = distill_loss(logits, teacher_logits, kind=k.kind, temperature=k.temperature,
+        kd = distill_loss(logits, target, kind=k.kind, temperature=k.temperature,
                           top_p=k.top_p, top_k=k.top_k, tp_group=ps.get_tensor_model_parallel_group(),
                           loss_mask=batch["loss_mask"])
         return torch.stack([lm.float(), kd]), partial(self.loss_func, batch["loss_mask"])
@@ -231,6 +190,7 @@ class Trainer:
         metrics = self._reduce(stats)
         if self.teacher is not None:
             metrics["alpha"] = self.alpha()
+            metrics.update(self.teacher.metrics())
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         metrics["grad norm"] = float(grad_norm) if grad_norm is not None else 0.0
         if not ok:

@@ -27,7 +27,8 @@ from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer, vocab_finge
 from megakd.losses import distill_loss, schedules
 from megakd.models import build_model
 from megakd.training import checkpoint
-from megakd.training import teacher as teacher_source
+from megakd import teacher as teacher_source
+from megakd.teacher.loading import hf_checkpoint
 from megakd.training.logging import MetricsLogger
 from megakd.training.optimizer import build_optimizer, build_scheduler
 
@@ -98,7 +99,7 @@ class Trainer:
 
         m = self.cfg.model
         self.cfg.model = model_config_from_hf(m.init_from_hf, base=m)
-        return teacher_source.hf_checkpoint(self, m.init_from_hf, self.cfg.model)
+        return hf_checkpoint(self, m.init_from_hf, self.cfg.model)
 
     def _load(self):
         c = self.cfg.checkpoint

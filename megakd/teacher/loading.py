@@ -1,30 +1,11 @@
-"""Where a micro-batch's KD target comes from: one small class per teacher placement.
+"""Teacher weights for every placement: a megakd checkpoint or a local HF dir, checked against the
+student's tokenizer (vocab fingerprint when recorded, padded vocab size), eval mode, frozen."""
 
-Every source answers `targets(batch)` on the student's last pipeline stage with what
-`megakd.losses.distill_loss` takes: dense vocab-sharded teacher logits [b, s, V/TP] (co-located) or a
-`SparseTarget` of global ids + log-probs (offline store, dedicated teacher ranks). `metrics()` adds
-per-step numbers to the log (e.g. how long the student waited for the teacher). The trainer's
-`forward_step` is the only caller, so a new placement is a new class here and one line in `build`.
-"""
-
-from typing import Dict
-
-import torch
 import torch.distributed as dist
 
 from megakd.config import ParallelConfig
 from megakd.data.tokenizer import vocab_fingerprint
 from megakd.errors import ConfigError, MegakdError
-
-
-class TeacherSource:
-    """Interface: the KD target of one micro-batch, plus per-step metrics for the log."""
-
-    def targets(self, batch: dict):
-        raise NotImplementedError
-
-    def metrics(self) -> Dict[str, float]:
-        return {}
 
 
 def hf_checkpoint(trainer, hf_path: str, model_cfg) -> str:
@@ -69,21 +50,3 @@ def load_teacher(trainer, parallel: ParallelConfig):
     for param in teacher.parameters():
         param.requires_grad_(False)
     return teacher
-
-
-class ColocatedTeacher(TeacherSource):
-    """Every student rank holds the teacher at the student's TP and runs it on the same tokens."""
-
-    def __init__(self, trainer):
-        self.model = load_teacher(trainer, ParallelConfig(tp=trainer.cfg.parallel.tp))
-
-    @torch.no_grad()
-    def targets(self, batch: dict):
-        return self.model(batch["tokens"], batch["position_ids"], None)
-
-
-def build(trainer) -> TeacherSource:
-    """The teacher source named by kd.source / teacher.placement (config already validated)."""
-    if trainer.cfg.kd.source == "online":
-        return ColocatedTeacher(trainer)
-    raise ConfigError(f"kd.source={trainer.cfg.kd.source!r} has no teacher source")

@@ -1,0 +1,32 @@
+"""Teacher placement: where a micro-batch's KD target comes from.
+
+Every source answers `targets(batch)` on the student's last pipeline stage with what
+`megakd.losses.distill_loss` takes: dense vocab-sharded teacher logits [b, s, V/TP] (co-located) or a
+`SparseTarget` of global ids + log-probs (offline store, dedicated teacher ranks). `metrics()` adds
+per-step numbers to the log (e.g. how long the student waited for the teacher). The trainer's
+`forward_step` is the only caller, so a new placement is a new module here and one line in `build`.
+Teacher weights are loaded in one place for all of them: `megakd.teacher.loading`.
+"""
+
+from typing import Dict
+
+from megakd.errors import ConfigError
+
+
+class TeacherSource:
+    """Interface: the KD target of one micro-batch, plus per-step metrics for the log."""
+
+    def targets(self, batch: dict):
+        raise NotImplementedError
+
+    def metrics(self) -> Dict[str, float]:
+        return {}
+
+
+def build(trainer) -> TeacherSource:
+    """The teacher source named by kd.source / teacher.placement (config already validated)."""
+    if trainer.cfg.kd.source == "online":
+        from megakd.teacher.colocated import ColocatedTeacher
+
+        return ColocatedTeacher(trainer)
+    raise ConfigError(f"kd.source={trainer.cfg.kd.source!r} has no teacher source")

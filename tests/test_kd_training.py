@@ -52,7 +52,8 @@ def test_kd_tp2_and_dp2_match_one_process(models, tiny_corpus, tmp_path):
     assert kd[0] > 1e-3, "teacher and student should differ"
     # alpha follows the WSD schedule: warm-up over the first 25 % of 6 steps
     assert ref[1]["alpha"] == 0.0 and ref[3]["alpha"] == pytest.approx(0.9)
-    for name, layout in {"tp2": {"parallel.tp": 2}, "dp2": {}}.items():
+    # mbs 1: the student's logits must not be edited in place by the LM loss before KD reads them
+    for name, layout in {"tp2": {"parallel.tp": 2}, "dp2_mbs1": {"train.micro_batch_size": 1}}.items():
         got = _run(tiny_corpus, tmp_path / name, nproc=2, **args, **layout)
         for key in ("kd loss", "lm loss", "loss", "grad norm"):
             assert [got[i][key] for i in range(1, 7)] == pytest.approx(

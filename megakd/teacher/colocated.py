@@ -4,14 +4,16 @@ import torch
 
 from megakd.config import ParallelConfig
 from megakd.teacher import TeacherSource
-from megakd.teacher.loading import load_teacher
+from megakd.teacher.loading import load_teacher, teacher_path
 
 
 class ColocatedTeacher(TeacherSource):
     """Every student rank holds the teacher at the student's TP and runs it on the same tokens."""
 
     def __init__(self, trainer):
-        self.model = load_teacher(trainer, ParallelConfig(tp=trainer.cfg.parallel.tp))
+        cfg = trainer.cfg
+        self.model = load_teacher(teacher_path(cfg.teacher), ParallelConfig(tp=cfg.parallel.tp),
+                                  trainer.tokenizer, cfg.data.tokenizer, trainer.model.vocab_size)
 
     @torch.no_grad()
     def targets(self, batch: dict):

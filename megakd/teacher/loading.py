@@ -1,19 +1,25 @@
-"""Teacher weights for every placement: a megakd checkpoint or a local HF dir, checked against the
-student's tokenizer (vocab fingerprint when recorded, padded vocab size), eval mode, frozen."""
+"""Teacher weights for every placement (co-located, dedicated ranks, the offline logits dump): a
+megakd checkpoint or a local HF dir, checked against the student's tokenizer, eval mode, frozen.
+
+Nothing here needs a Trainer: the dump tool and dedicated teacher ranks load teachers too. Callers
+have megatron parallel_state set up for the layout the teacher runs at (`parallel`)."""
+
+from typing import Optional
 
 import torch.distributed as dist
 
-from megakd.config import ParallelConfig
+from megakd.config import ParallelConfig, TeacherConfig
 from megakd.data.tokenizer import vocab_fingerprint
 from megakd.errors import ConfigError, MegakdError
 
 
-def hf_checkpoint(trainer, hf_path: str, model_cfg) -> str:
-    """Rank 0 converts an HF model once (cached); every rank gets the path, or the error."""
+def hf_checkpoint(hf_path: str, model_cfg) -> str:
+    """Global rank 0 (of the default group) converts an HF model once (cached); every rank gets the
+    path, or the error."""
     from megakd.convert import cached_hf_checkpoint
 
     box = [None, None]  # (checkpoint path, error): every rank fails when the conversion does
-    if trainer.env.rank == 0:
+    if dist.get_rank() == 0:
         try:
             box[0] = cached_hf_checkpoint(hf_path, model_cfg)
         except MegakdError as e:
@@ -24,28 +30,37 @@ def hf_checkpoint(trainer, hf_path: str, model_cfg) -> str:
     return box[0]
 
 
-def load_teacher(trainer, parallel: ParallelConfig):
-    """The teacher model (eval, frozen) from teacher.checkpoint or teacher.hf_path, checked against
-    the student's tokenizer: same vocab fingerprint (when recorded) and the same padded vocab."""
-    from megakd.convert import load_checkpoint_model, model_config_from_hf
+def teacher_path(t: TeacherConfig) -> str:
+    """The teacher's dist checkpoint: teacher.checkpoint, or teacher.hf_path converted (cached)."""
+    from megakd.convert import model_config_from_hf
 
-    cfg = trainer.cfg
-    t = cfg.teacher
-    path = t.checkpoint or hf_checkpoint(trainer, t.hf_path, model_config_from_hf(t.hf_path))
+    return t.checkpoint or hf_checkpoint(t.hf_path, model_config_from_hf(t.hf_path))
+
+
+def load_teacher(path: str, parallel: ParallelConfig, tokenizer, tokenizer_path: str,
+                 padded_vocab: Optional[int] = None):
+    """The teacher model (eval, frozen) of checkpoint `path` at layout `parallel`.
+
+    Refuses a teacher trained with another tokenizer (vocab fingerprint, when the checkpoint records
+    one) or with more token ids than the student's tokenizer. `padded_vocab`: the student's padded
+    vocab, required equal when dense logits are compared shard by shard (co-located); sparse targets
+    (global ids) do not care about Megatron's padding, so dedicated/offline pass None."""
+    from megakd.convert import load_checkpoint_model
+
     teacher, common = load_checkpoint_model(path, parallel)
-    mine = vocab_fingerprint(trainer.tokenizer.hf_tokenizer)
+    mine = vocab_fingerprint(tokenizer.hf_tokenizer)
     theirs = common.get("tokenizer", {})  # recorded by the trainer; absent in HF conversions
     if theirs.get("fingerprint", mine) != mine:
         raise ConfigError(f"teacher {path} was trained with tokenizer {theirs.get('path')} "
                           f"(vocab fingerprint {theirs['fingerprint']}), the student uses "
-                          f"{cfg.data.tokenizer} ({mine}); distill between models that "
+                          f"{tokenizer_path} ({mine}); distill between models that "
                           f"share a tokenizer")
-    student_vocab = trainer.model.vocab_size
-    if teacher.vocab_size != student_vocab or common["vocab_size"] > trainer.tokenizer.vocab_size:
+    if (padded_vocab is not None and teacher.vocab_size != padded_vocab) \
+            or common["vocab_size"] > tokenizer.vocab_size:
         raise ConfigError(f"teacher {path} has vocabulary {common['vocab_size']} (padded "
                           f"{teacher.vocab_size}) but the student's tokenizer has "
-                          f"{trainer.tokenizer.vocab_size} (padded {student_vocab}); distill "
-                          f"between models that share a tokenizer")
+                          f"{tokenizer.vocab_size}" + (f" (padded {padded_vocab})" if padded_vocab else "")
+                          + "; distill between models that share a tokenizer")
     teacher.eval()
     for param in teacher.parameters():
         param.requires_grad_(False)

@@ -99,7 +99,7 @@ class Trainer:
 
         m = self.cfg.model
         self.cfg.model = model_config_from_hf(m.init_from_hf, base=m)
-        return hf_checkpoint(self, m.init_from_hf, self.cfg.model)
+        return hf_checkpoint(m.init_from_hf, self.cfg.model)
 
     def _load(self):
         c = self.cfg.checkpoint
@@ -133,7 +133,10 @@ class Trainer:
         # KD: the student's vocab-sharded logits feed both the LM loss and the fused KD loss.
         logits = model(tokens, positions, None)  # [b, s, V/TP]
         target = self.teacher.targets(batch)  # dense logits or a SparseTarget
-        lm = self.model.compute_language_model_loss(labels, logits.transpose(0, 1).contiguous())
+        # A copy, never a view (with micro_batch_size 1 the transpose is already contiguous):
+        # megatron's vocab-parallel CE edits its input in place, and KD reads `logits` after it.
+        lm = self.model.compute_language_model_loss(
+            labels, logits.transpose(0, 1).clone(memory_format=torch.contiguous_format))
         k = self.cfg.kd
         kd = distill_loss(logits, target, kind=k.kind, temperature=k.temperature,
                           top_p=k.top_p, top_k=k.top_k, tp_group=ps.get_tensor_model_parallel_group(),

@@ -112,12 +112,136 @@ def test_wrong_dataset_and_damaged_store_are_one_line_errors(written_store, tiny
         f.seek(100)
         f.write(bytes([byte[0] ^ 0xFF]))
     store = open_store(bad, tiny_corpus[1])
-    first = store.meta.num_docs - 1
     with pytest.raises(StoreError, match="shard-000001.bin is corrupt .*checksum") as e:
         for doc in range(store.meta.num_docs):
             store.lookup([doc], [0])
     assert "\n" not in str(e.value)
-    assert first
     os.remove(os.path.join(bad, "store.json"))
     with pytest.raises(StoreError, match="incomplete"):
         open_store(bad, tiny_corpus[1])
+
+
+# ------------------------------------------------------------------ tools/dump_teacher_logits.py
+
+DUMP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
+                    "dump_teacher_logits.py")
+TRUNC = {"temperature": 2.0, "top_p": 0.95, "top_k": 12}
+
+
+def test_windows_tile_every_document():
+    from megakd.data.logits_store.dump import windows
+
+    for length in (1, 5, 64, 65, 200, 1000):
+        ws = windows(length, 64, 48)
+        assert [w[2] for w in ws] == [0] + [w[1] for w in ws[:-1]]  # emitted ranges tile [0, length)
+        assert ws[-1][1] == length
+        for start, end, emit in ws:
+            assert end - start <= 64 and start <= emit < end
+            assert emit == 0 or emit - start >= 64 - 48  # left context of every emitted token
+
+
+@pytest.fixture(scope="module")
+def dump_setup(tiny_corpus, tmp_path_factory):
+    """A random tiny teacher (trained with the corpus tokenizer) and a 60-document dataset."""
+    from dist_utils import run_job, tiny_args
+
+    from megakd.data.indexed import open_indexed, write_indexed
+
+    work = tmp_path_factory.mktemp("dump")
+    teacher = work / "teacher"
+    run_job(tiny_args(tiny_corpus, work, **{"train.iters": 0, "checkpoint.save": teacher}))
+    ds = open_indexed(tiny_corpus[1])
+    docs = [np.array(ds[i]) for i in range(60)]
+    del ds
+    prefix = str(work / "small")
+    write_indexed(prefix, docs, 256)
+    return work, str(teacher), tiny_corpus[0], prefix
+
+
+def _dump(setup, out, nproc=1, env=None, check=True, tokenizer=None, **opts):
+    from dist_utils import run_job
+
+    work, teacher, tok, prefix = setup
+    opts = {"top_p": TRUNC["top_p"], "top_k": TRUNC["top_k"], "temperature": TRUNC["temperature"],
+            "shard_tokens": 3000, "block_rows": 500, "no_progress": None, **opts}
+    args = ["--teacher", teacher, "--tokenizer", tokenizer or tok, "--data-prefix", prefix, "--output", out]
+    for k, v in opts.items():
+        args += [f"--{k.replace('_', '-')}"] + ([] if v is None else [v])
+    return run_job(args, nproc=nproc, script=DUMP, env=env, check=check)
+
+
+def _files(d):
+    return {n: open(os.path.join(d, n), "rb").read() for n in sorted(os.listdir(d))}
+
+
+def _reference(setup, docs):
+    """In-process truncate_teacher of the teacher run on each whole document (batch of one)."""
+    import torch
+
+    from megakd.config import ParallelConfig
+    from megakd.convert.convert import single_process
+    from megakd.data.indexed import open_indexed
+    from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer
+    from megakd.losses import truncate_teacher
+    from megakd.teacher.loading import load_teacher
+
+    _, teacher, tok, prefix = setup
+    ds = open_indexed(prefix)
+    out = {}
+    with single_process(), torch.no_grad():
+        model = load_teacher(teacher, ParallelConfig(), MegatronTokenizer(load_tokenizer(tok)), tok)
+        for d in docs:
+            x = torch.from_numpy(np.array(ds[d], dtype=np.int64))[None]
+            t = truncate_teacher(model(x, torch.arange(x.shape[1])[None], None), **TRUNC)
+            out[d] = (t.ids[0].numpy(), t.logprobs[0].float().numpy())
+    del ds
+    return out
+
+
+def test_dump_matches_in_process_teacher_and_is_the_same_at_dp2_and_after_a_kill(dump_setup):
+    from megakd.data.shards import FAULT_ENV
+
+    work, _, _, prefix = dump_setup
+    whole = str(work / "whole")
+    _dump(dump_setup, whole, window=1024, stride=1024, micro_batch_size=1)
+    store = open_store(whole, prefix)
+    assert store.meta.top_k == TRUNC["top_k"] and store.meta.temperature == TRUNC["temperature"]
+    ref = _reference(dump_setup, range(0, 60, 7))
+    for d, (rids, rlp) in ref.items():
+        n = len(rids)
+        ids, lps = store.lookup(np.full(n, d), np.arange(n))
+        kl = _kl_rows([i[np.isfinite(lp)] for i, lp in zip(rids, rlp)],
+                      [lp[np.isfinite(lp)] for lp in rlp], ids, lps)
+        assert kl.max() <= 1e-3 * (1 + 1e-4)
+
+    # windows of 64 every 48 tokens, 2 data-parallel ranks, 2 windows per forward
+    win = {"window": 64, "stride": 48, "micro_batch_size": 2}
+    dp2 = str(work / "dp2")
+    _dump(dump_setup, dp2, nproc=2, **win)
+    one = str(work / "killed")
+    proc = _dump(dump_setup, one, env={FAULT_ENV: "2"}, check=False, **win)
+    assert proc.returncode != 0 and not os.path.exists(os.path.join(one, "store.json"))
+    assert sum(n.startswith("shard-") and n.endswith(".bin") for n in os.listdir(one)) == 2
+    _dump(dump_setup, one, **win)
+    assert _files(one) == _files(dp2)
+
+    # the first window of each document saw the same tokens as the whole-document forward
+    windowed = open_store(dp2, prefix)
+    d = np.repeat(np.arange(60), 64)
+    o = np.tile(np.arange(64), 60)
+    a, b = store.lookup(d, o), windowed.lookup(d, o)
+    same = (a[0] == b[0]).all(axis=1)
+    assert same.mean() > 0.98
+    np.testing.assert_allclose(a[1][same], b[1][same], atol=2e-3)
+
+
+def test_dump_with_another_tokenizer_is_a_one_line_error(dump_setup, tmp_path):
+    from conftest import synthetic_texts
+
+    from megakd.data.tokenizer import build_tiny_tokenizer
+
+    other = build_tiny_tokenizer(synthetic_texts(50, seed=3), str(tmp_path / "tok2"), vocab_size=300)
+    proc = _dump(dump_setup, str(tmp_path / "out"), check=False, tokenizer=other, window=64, stride=48)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: teacher") and "tok2" in last and "distill between models" in last

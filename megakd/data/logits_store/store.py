@@ -26,6 +26,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from megakd.data.logits_store import codec
+from megakd.data.shards import save_npy_atomic, write_json_atomic
 from megakd.errors import StoreError
 
 FORMAT = "megakd.logits_store/1"
@@ -132,19 +133,8 @@ def shard_file(k: int) -> str:
     return f"shard-{k:06d}.bin"
 
 
-def write_json_atomic(path: str, obj: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def save_id_order(directory: str, order: np.ndarray) -> None:
-    path = os.path.join(directory, ID_ORDER)
-    tmp = f"{path}.tmp-{os.getpid()}.npy"
-    np.save(tmp, order.astype(np.int64))
-    os.replace(tmp, path)
+    save_npy_atomic(os.path.join(directory, ID_ORDER), order.astype(np.int64))
 
 
 class ShardWriter:

@@ -8,7 +8,9 @@ per-step numbers to the log (e.g. how long the student waited for the teacher). 
 Teacher weights are loaded in one place for all of them: `megakd.teacher.loading`.
 """
 
-from typing import Dict
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
 
 from megakd.errors import ConfigError
 
@@ -21,6 +23,11 @@ class TeacherSource:
 
     def metrics(self) -> Dict[str, float]:
         return {}
+
+    def pipeline(self, student: torch.nn.Module) -> Tuple[torch.nn.Module, Optional[Callable]]:
+        """What the pipeline schedule runs (model, adjust_tensor_shapes_fn): a source whose
+        tensors travel in the student's p2p (co-located) wraps the student and widens the shapes."""
+        return student, None
 
 
 def build(trainer) -> TeacherSource:

@@ -136,7 +136,8 @@ class TeacherConfig:
     hf_path: Optional[str] = None
     """Or a local Hugging Face model directory / .gguf file (converted once, cached in $MEGAKD_CACHE)."""
     placement: Literal["colocated"] = "colocated"
-    """colocated: every student rank runs the teacher at the student's TP (PP=1 only so far)."""
+    """colocated: every student rank runs its slice of the teacher at the student's TP and PP (the
+    teacher's layers split over the pipeline stages, its hidden states sent with the student's)."""
 
 
 @dataclass
@@ -248,9 +249,9 @@ class Config:
             if (tch.checkpoint is None) == (tch.hf_path is None):
                 raise ConfigError("kd.source=online needs exactly one of teacher.checkpoint and "
                                   "teacher.hf_path")
-            if self.parallel.pp > 1:
-                raise ConfigError("a co-located teacher with parallel.pp > 1 is not supported yet; "
-                                  "use parallel.pp=1 (TP and DP work), or kd.source=offline")
+            if self.parallel.pp > 1 and self.parallel.sequence_parallel:
+                raise ConfigError("a co-located teacher with parallel.pp > 1 does not support "
+                                  "parallel.sequence_parallel yet; set it to false")
         if k.source == "offline":
             from megakd.data.gpt import parse_blend
 

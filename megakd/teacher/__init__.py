@@ -10,7 +10,9 @@ micro-batch stream (e.g. to start a micro-batch's lookup while the one before it
 Teacher weights are loaded in one place for all of them: `megakd.teacher.loading`.
 """
 
-from typing import Dict, Iterator
+from typing import Callable, Dict, Iterator, Optional, Tuple
+
+import torch
 
 from megakd.errors import ConfigError
 
@@ -28,6 +30,11 @@ class TeacherSource:
 
     def metrics(self) -> Dict[str, float]:
         return {}
+
+    def pipeline(self, student: torch.nn.Module) -> Tuple[torch.nn.Module, Optional[Callable]]:
+        """What the pipeline schedule runs (model, adjust_tensor_shapes_fn): a source whose
+        tensors travel in the student's p2p (co-located) wraps the student and widens the shapes."""
+        return student, None
 
 
 def build(trainer) -> TeacherSource:

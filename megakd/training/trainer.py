@@ -65,12 +65,17 @@ class Trainer:
         self.scheduler = build_scheduler(cfg, self.optimizer)
         mconfig = self.model.config
         mconfig.no_sync_func = self.ddp.no_sync
-        mconfig.finalize_model_grads_func = finalize_model_grads
+        # The schedule may run a wrapper around the DDP model (TeacherSource.pipeline): the grads
+        # to finalize are always the student's.
+        mconfig.finalize_model_grads_func = \
+            lambda _model, *args, **kwargs: finalize_model_grads([self.ddp], *args, **kwargs)
         mconfig.grad_scale_func = self.optimizer.scale_loss
 
         self.teacher = teacher_source.build(self) if cfg.kd.source != "none" else None
+        self.schedule_model, self.adjust_shapes = self.ddp, None
         if self.teacher is not None:
             self.loss_keys = ["lm loss", "kd loss", "loss"]
+            self.schedule_model, self.adjust_shapes = self.teacher.pipeline(self.ddp)
 
         self.iteration = 0
         self.consumed_samples = 0
@@ -136,7 +141,7 @@ class Trainer:
                  for k, v in next(data_iterator).items()}
         tokens, positions, labels = batch["tokens"], batch["position_ids"], batch["labels"]
         if self.teacher is None or not ps.is_pipeline_last_stage():
-            # LM only: per-token CE, vocab-parallel. Non-last PP stages return hidden states.
+            # per-token CE (vocab-parallel) on the last stage, hidden states on the others
             output = model(tokens, positions, None, labels=labels)
             return output, partial(self.loss_func, batch["loss_mask"])
         # KD: the student's vocab-sharded logits feed both the LM loss and the fused KD loss.
@@ -181,9 +186,10 @@ class Trainer:
     def _run(self, data_iter, forward_only: bool) -> List[Dict[str, torch.Tensor]]:
         t = self.cfg.train
         return self.forward_backward(
-            forward_step_func=self.forward_step, data_iterator=data_iter, model=[self.ddp],
-            num_microbatches=self.num_microbatches, seq_length=t.seq_length,
-            micro_batch_size=t.micro_batch_size, forward_only=forward_only)
+            forward_step_func=self.forward_step, data_iterator=data_iter,
+            model=[self.schedule_model], num_microbatches=self.num_microbatches,
+            seq_length=t.seq_length, micro_batch_size=t.micro_batch_size, forward_only=forward_only,
+            adjust_tensor_shapes_fn=self.adjust_shapes)
 
     def _reduce(self, stats: List[Dict[str, torch.Tensor]]) -> Dict[str, float]:
         """Per-microbatch [sum, count] pairs -> global per-token means, known on every rank."""

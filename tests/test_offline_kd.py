@@ -52,7 +52,8 @@ def _write(directory, prefix, rows, tokenizer_dir, **meta):
             used = logprobs > -numpy.inf
             yield d, [i[u] for i, u in zip(ids, used)], [p[u] for p, u in zip(logprobs, used)]
 
-    meta = {"vocab_size": 256, "vocab_fingerprint": vocab_fingerprint(load_tokenizer(tokenizer_dir)),
+    tok = load_tokenizer(tokenizer_dir)
+    meta = {"vocab_size": len(tok), "vocab_fingerprint": vocab_fingerprint(tok),
             "tokenizer": tokenizer_dir, "top_p": TOP_P, "top_k": TOP_K, "temperature": T, **meta}
     write_store(str(directory), prefix, docs(), **meta)
     return str(directory)

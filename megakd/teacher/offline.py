@@ -32,9 +32,9 @@ def check_store(store, directory: str, kd, tokenizer, tokenizer_path: str) -> bo
     meta = store.meta
     mine = vocab_fingerprint(tokenizer.hf_tokenizer)
     if meta.vocab_fingerprint != mine:
-        raise ConfigError(f"store {directory} was dumped with a teacher tokenizer of vocab fingerprint "
-                          f"{meta.vocab_fingerprint}, the student uses {tokenizer_path} ({mine}); dump "
-                          f"it again with a teacher that shares the student's tokenizer")
+        raise ConfigError(f"store {directory} was dumped with tokenizer {meta.tokenizer or '?'} (vocab "
+                          f"fingerprint {meta.vocab_fingerprint}), the student uses {tokenizer_path} "
+                          f"({mine}); dump it again with a teacher that shares the student's tokenizer")
     if kd.temperature != meta.temperature:
         raise ConfigError(f"kd.temperature={kd.temperature} but store {directory} holds targets at "
                           f"temperature {meta.temperature}; set kd.temperature={meta.temperature} or "

@@ -142,8 +142,12 @@ class TeacherConfig:
 
 @dataclass
 class KDConfig:
-    source: Literal["none", "online"] = "none"
-    """none: LM loss only. online: teacher logits computed during training (see teacher.*)."""
+    source: Literal["none", "online", "offline"] = "none"
+    """none: LM loss only. online: teacher logits computed during training (see teacher.*).
+    offline: sparse teacher targets read from kd.store (tools/dump_teacher_logits.py)."""
+    store: Union[str, List[str], None] = None
+    """kd.source=offline: the teacher-logits store directory, or a list of them, one per data.prefix
+    blend member (in blend order). temperature/top_p/top_k must not be looser than the store's."""
     kind: str = "fkl"
     """Divergence: fkl, rkl, sfkl, srkl, jsd, tvd, mse, nll (megakd.losses)."""
     temperature: float = 1.0
@@ -248,6 +252,15 @@ class Config:
             if self.parallel.pp > 1 and self.parallel.sequence_parallel:
                 raise ConfigError("a co-located teacher with parallel.pp > 1 does not support "
                                   "parallel.sequence_parallel yet; set it to false")
+        if k.source == "offline":
+            from megakd.data.gpt import parse_blend
+
+            prefixes = parse_blend(self.data.prefix)[0] if self.data.prefix is not None else [None]
+            stores = [k.store] if isinstance(k.store, str) else k.store or []
+            if len(stores) != len(prefixes):
+                raise ConfigError(f"kd.source=offline needs kd.store: one store directory per "
+                                  f"data.prefix dataset ({len(prefixes)}), got {len(stores)}; dump "
+                                  f"them with tools/dump_teacher_logits.py")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

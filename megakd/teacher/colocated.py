@@ -7,7 +7,7 @@ gradient sent back is the student's own, with zeros in the teacher's columns. On
 teacher's dense vocab-sharded logits go straight into `distill_loss`.
 """
 
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from megatron.core import parallel_state as ps
@@ -62,7 +62,7 @@ class ColocatedTeacher(TeacherSource):
                                   trainer.tokenizer, cfg.data.tokenizer, trainer.model.vocab_size)
         self.pair = None
 
-    def pipeline(self, student) -> Tuple[torch.nn.Module, Optional[callable]]:
+    def pipeline(self, student) -> Tuple[torch.nn.Module, Optional[Callable]]:
         self.pair = PipelinePair(student, self.model)
         if ps.get_pipeline_model_parallel_world_size() == 1:
             return self.pair, None  # megatron's no-pipelining schedule takes no shape function

@@ -22,10 +22,10 @@ import torch
 import torch.distributed as dist
 
 from megakd.data.logits_store import store as st
-from megakd.data.shards import assigned, shard_written, write_json_atomic
+from megakd.data.shards import assigned, shard_written, start_or_resume
 from megakd.errors import ConfigError, DataError, StoreError
 
-RUN_FILE = "dump.json"  # the settings of a dump in progress: a rerun must match them
+RUN_FILE = "dump.json"  # the settings the dump started with: a rerun must match them
 
 
 @dataclass
@@ -149,24 +149,10 @@ def dump_shard(model, tokens, first: int, num: int, lengths: np.ndarray, args: D
 
 
 def _prepare(args: DumpArgs, meta: st.StoreMeta) -> bool:
-    """Rank 0 creates the output and its settings file; every rank checks a previous run there
-    used the same settings. True when the store is already complete."""
-    manifest = os.path.join(args.output, st.MANIFEST)
-    run_file = os.path.join(args.output, RUN_FILE)
+    """Check a previous run in the output used the same settings (its dump.json; a finished store
+    also has store.json), else start one. True when the store is already complete."""
     want = {"format": st.FORMAT, "meta": dataclasses.asdict(meta)}
-    box = [None]
-    if dist.get_rank() == 0:
-        try:
-            os.makedirs(args.output, exist_ok=True)
-            if not os.path.isfile(run_file) and not os.path.isfile(manifest):
-                if any(n.startswith("shard-") for n in os.listdir(args.output)):
-                    raise StoreError(f"{args.output} holds shards but no {RUN_FILE}; delete it or pass another --output")
-                write_json_atomic(run_file, want)
-        except (StoreError, OSError) as e:
-            box[0] = StoreError(str(e)) if isinstance(e, OSError) else e
-    dist.broadcast_object_list(box, src=0)
-    if box[0] is not None:
-        raise box[0]
+    manifest = os.path.join(args.output, st.MANIFEST)
     if os.path.isfile(manifest):
         with open(manifest) as f:
             have = json.load(f)
@@ -174,10 +160,9 @@ def _prepare(args: DumpArgs, meta: st.StoreMeta) -> bool:
             return True
         raise StoreError(f"{args.output} already holds a logits store of another dataset, teacher or "
                          "settings; delete it or pass another --output")
-    with open(run_file) as f:
-        if json.load(f) != want:
-            raise StoreError(f"{args.output} holds a partial dump with other settings; rerun with the "
-                             f"same arguments, or delete {args.output}")
+    start_or_resume(os.path.join(args.output, RUN_FILE), want,
+                    StoreError(f"{args.output} holds a partial dump with other settings; rerun with the "
+                               f"same arguments, or delete {args.output}"))
     return False
 
 
@@ -244,7 +229,6 @@ def dump(args: DumpArgs) -> DumpResult:
     dist.barrier()
     if env.rank == 0:
         st.finish_store(args.output, meta, plan)
-        os.remove(os.path.join(args.output, RUN_FILE))
         size = sum(os.path.getsize(os.path.join(args.output, st.shard_file(k))) for k in range(len(plan)))
         print(f"dumped {meta.num_tokens:,} tokens of {meta.num_docs:,} documents -> {args.output} "
               f"({size / meta.num_tokens:.1f} B/token; {todo:,} tokens on rank 0 in {elapsed:.1f} s)", flush=True)

@@ -66,33 +66,30 @@ def _segment_ids(counts: np.ndarray) -> np.ndarray:
 
 
 def _segment_sum(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(counts), dtype=values.dtype)
-    np.add.at(out, _segment_ids(counts), values)
-    return out
+    return np.bincount(_segment_ids(counts), weights=values, minlength=len(counts))
 
 
 def quantise(rows: Rows, max_kl: float) -> np.ndarray:
     """q >= 1 per entry (entry order as given), on each row's coarsest grid of the ladder whose
-    renormalised q^2 distribution is within max_kl (KL(stored || exact)) of the exact row."""
-    n = len(rows.counts)
+    renormalised q^2 distribution is within max_kl (KL(stored || exact)) of the exact row.
+    Bisection over the ladder (KL falls as L grows), every row at once."""
     seg = _segment_ids(rows.counts)
     logp = rows.logprobs.astype(np.float64)
     logp = logp - np.log(_segment_sum(np.exp(logp), rows.counts))[seg]  # exact, renormalised
     s = np.exp(0.5 * logp)
-    grid = np.full(n, len(LADDER) - 1, dtype=np.int64)
-    todo = np.ones(n, dtype=bool)
-    for g, L in enumerate(LADDER):
-        q = np.maximum(1.0, np.round(s * L))
-        q2 = q * q
-        logz = np.log(_segment_sum(q2, rows.counts))
-        stored = np.log(q2) - logz[seg]
-        kl = _segment_sum(np.exp(stored) * (stored - logp), rows.counts)
-        ok = todo & (kl <= _kl_target(max_kl))
-        grid[ok] = g
-        todo &= ~ok
-        if not todo.any():
-            break
-    return np.maximum(1.0, np.round(s * LADDER[grid][seg])).astype(np.int64)
+
+    def q_kl(g):
+        q = np.maximum(1.0, np.round(s * LADDER[g][seg]))
+        stored = 2 * np.log(q) - np.log(_segment_sum(q * q, rows.counts))[seg]
+        return q, _segment_sum(np.exp(stored) * (stored - logp), rows.counts)
+
+    lo = np.full(len(rows.counts), -1)  # grids known to miss the bound (or none)
+    hi = np.full(len(rows.counts), len(LADDER) - 1)  # grids known to meet it
+    while (hi - lo > 1).any():
+        mid = np.where(hi - lo > 1, (lo + hi) // 2, hi)
+        ok = q_kl(mid)[1] <= _kl_target(max_kl)
+        hi, lo = np.where(ok, mid, hi), np.where(ok, lo, mid)
+    return q_kl(hi)[0].astype(np.int64)
 
 
 def dequantise(counts: np.ndarray, q: np.ndarray) -> np.ndarray:

@@ -45,7 +45,7 @@ class DumpArgs:
     codec: str = "zlib"
     max_kl: float = 1e-3
     block_rows: int = 1024
-    shard_tokens: int = 1 << 18
+    shard_tokens: int = 1 << 17
     progress: bool = True
     timeout_minutes: float = 60.0
 
@@ -206,6 +206,9 @@ def dump(args: DumpArgs) -> DumpResult:
     env = platform.init_model_parallel(args.tp, 1, seed=0, timeout_minutes=args.timeout_minutes)
     path = teacher_path(TeacherConfig(checkpoint=args.teacher, hf_path=args.teacher_hf))
     model = load_teacher(path, ParallelConfig(tp=args.tp), tokenizer, args.tokenizer)
+    if model.position_embedding_type == "learned_absolute" and args.window > model.max_sequence_length:
+        raise ConfigError(f"--window {args.window} exceeds the {model.max_sequence_length} positions "
+                          f"teacher {path} has learned; pass --window {model.max_sequence_length} or less")
     meta = dataclasses.replace(
         meta, vocab_size=tokenizer.vocab_size, vocab_fingerprint=vocab_fingerprint(tokenizer.hf_tokenizer),
         tokenizer=os.path.abspath(args.tokenizer),

@@ -56,7 +56,7 @@ class StoreMeta:
     codec: str = "zlib"
     max_kl: float = 1e-3
     block_rows: int = 1024
-    shard_tokens: int = 1 << 20
+    shard_tokens: int = 1 << 17
 
     def validate(self) -> None:
         if self.codec not in codec.CODECS:

@@ -14,7 +14,7 @@ from megatron.core import parallel_state as ps
 
 from megakd.minillm.data import Example, collate
 from megakd.minillm.generate import generate
-from megakd.minillm.losses import single_step_kl
+from megakd.minillm.losses import real_vocab, single_step_kl
 
 
 def dp_share(items: Sequence, dp_rank: int, dp_size: int) -> list:
@@ -28,11 +28,15 @@ def _sum_over_dp(values: List[float]) -> List[float]:
 
 
 @torch.no_grad()
-def reverse_kl(student, teacher, batch: Dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-    """Sum over masked positions of the exact KL(q_student || p_teacher) of the next token."""
+def reverse_kl(student, teacher, batch: Dict[str, torch.Tensor], mask: torch.Tensor,
+               vocab_size: int) -> torch.Tensor:
+    """Sum over masked positions of the exact KL(q_student || p_teacher) of the next token, both
+    over the tokenizer's vocabulary."""
     tokens, positions = batch["tokens"], batch["position_ids"]
-    return (single_step_kl(student(tokens, positions, None), teacher(tokens, positions, None), mask)
-            * mask).sum()
+    q = real_vocab(student(tokens, positions, None), vocab_size)
+    p = real_vocab(teacher(tokens, positions, None), vocab_size)
+    kl = single_step_kl(q, p, mask, ps.get_tensor_model_parallel_group())
+    return (kl * mask).sum()
 
 
 def _eval_mode(*models):
@@ -52,14 +56,14 @@ def evaluate(student, teacher, examples: Sequence[Example], *, vocab_size: int, 
     for i in range(0, len(mine), batch_size):
         chunk = mine[i:i + batch_size]
         batch = collate(chunk, eos)
-        ref_kl += float(reverse_kl(student, teacher, batch, batch["loss_mask"]))
+        ref_kl += float(reverse_kl(student, teacher, batch, batch["loss_mask"], vocab_size))
         ref_n += float(batch["loss_mask"].sum())
         s = generate([student], [p for p, _ in chunk], vocab_size=vocab_size, eos=eos,
                      max_new_tokens=max_new_tokens, generator=gen)
         mask = s.response_mask[:, 1:].float()
         pos = torch.arange(s.tokens.shape[1] - 1).unsqueeze(0).expand(len(chunk), -1)
         smp_kl += float(reverse_kl(student, teacher, {"tokens": s.tokens[:, :-1], "position_ids": pos},
-                                   mask))
+                                   mask, vocab_size))
         smp_n += float(mask.sum())
         n_resp += len(chunk)
     for m, w in zip((student, teacher), was):

@@ -108,7 +108,7 @@ def generate(models: Sequence, prompts: Sequence[Sequence[int]], *, vocab_size: 
             tokens[:, pos] = torch.where(sampling, drawn, tokens[:, pos])
             response[:, pos] = sampling
             sample_lp[:, pos] = torch.where(sampling, logprobs.gather(1, drawn[:, None]).squeeze(1), 0.0)
-            done |= sampling & (drawn == eos)
+            done |= sampling & ((drawn == eos) | (pos + 1 >= lengths + max_new_tokens))
             if bool(done.all()):
                 break
     finally:

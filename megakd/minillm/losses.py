@@ -22,6 +22,18 @@ from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 from megakd.losses import distill_loss
 
 
+def real_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Vocab-sharded logits with Megatron's padding ids (>= the tokenizer's vocab) pushed to ~zero
+    probability, so q is the distribution the sampler draws from (it never emits padding ids).
+    Finite (-1e4, not -inf): the fused KL terms subtract logits."""
+    v_local = logits.shape[-1]
+    start = ps.get_tensor_model_parallel_rank() * v_local
+    if start + v_local <= vocab_size:
+        return logits
+    ids = torch.arange(start, start + v_local, device=logits.device)
+    return logits.masked_fill(ids >= vocab_size, -1e4)
+
+
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log q(tokens) from vocab-sharded logits [b, T, V/TP] (megatron-core's vocab-parallel CE,
     differentiable). A copy goes in: that CE edits its input in place."""
@@ -69,10 +81,10 @@ def clipped_policy_term(logprob: torch.Tensor, old_logprob: torch.Tensor, advant
 
 
 def single_step_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                   mask: torch.Tensor) -> torch.Tensor:
-    """Exact per-step KL(q || p) [b, T] from vocab-sharded logits, gradient to the student only."""
-    return distill_loss(student_logits, teacher_logits, kind="rkl",
-                        tp_group=ps.get_tensor_model_parallel_group(), loss_mask=mask)
+                   mask: torch.Tensor, tp_group=None) -> torch.Tensor:
+    """Exact per-step KL(q || p) [b, T] from logits sharded over `tp_group`, gradient to the
+    student only."""
+    return distill_loss(student_logits, teacher_logits, kind="rkl", tp_group=tp_group, loss_mask=mask)
 
 
 @dataclass
@@ -93,6 +105,6 @@ def policy_loss(student_logits: torch.Tensor, ro: Rollout, clip_eps: float, sing
     """Per-token MiniLLM loss [b, S-1] and per-token stats (clip flags, exact reverse KL)."""
     logprob = token_logprobs(student_logits, ro.tokens[:, 1:])
     pg, clipped = clipped_policy_term(logprob, ro.old_logprob, ro.advantage, clip_eps)
-    kl = single_step_kl(student_logits, ro.teacher_logits, ro.mask)
+    kl = single_step_kl(student_logits, ro.teacher_logits, ro.mask, ps.get_tensor_model_parallel_group())
     loss = ro.weight * pg + (ro.weight * kl if single_step else 0.0)
     return loss * ro.mask, {"clipped": clipped.float() * ro.mask, "kl": kl.detach() * ro.mask}

@@ -133,6 +133,10 @@ class InstructionTrainer:
             out["kd loss"] = s[2] / total
         return out
 
+    def logits(self, model, tokens, positions):
+        """Vocab-sharded logits over the tokenizer's real vocabulary (what generation samples from)."""
+        return losses.real_vocab(model(tokens, positions, None), self.tokenizer.vocab_size)
+
     @torch.no_grad()
     def make_rollouts(self) -> List[losses.Rollout]:
         """Sample responses to this rank's prompts; score them with the teacher and the sampler."""
@@ -149,9 +153,9 @@ class InstructionTrainer:
             inputs = tokens[:, :-1]
             pos = torch.arange(inputs.shape[1]).unsqueeze(0).expand_as(inputs)
             self.model.eval()
-            old = losses.token_logprobs(self.model(inputs, pos, None), tokens[:, 1:]) * mask
+            old = losses.token_logprobs(self.logits(self.model, inputs, pos), tokens[:, 1:]) * mask
             self.model.train()
-            teacher_logits = self.teacher(inputs, pos, None)
+            teacher_logits = self.logits(self.teacher, inputs, pos)
             teacher_lp = losses.token_logprobs(teacher_logits, tokens[:, 1:]) * mask
             reward = losses.rewards(teacher_lp, old) * mask
             adv = losses.future_rewards(reward, mask, mm.gamma, mm.length_norm,
@@ -169,7 +173,8 @@ class InstructionTrainer:
         for ro in self.rollouts:
             inputs = ro.tokens[:, :-1]
             pos = torch.arange(inputs.shape[1]).unsqueeze(0).expand_as(inputs)
-            per_token, st = losses.policy_loss(self.ddp(inputs, pos, None), ro, mm.clip_eps, mm.single_step)
+            per_token, st = losses.policy_loss(self.logits(self.ddp, inputs, pos), ro, mm.clip_eps,
+                                               mm.single_step)
             loss = per_token.sum()
             (loss / max(total, 1.0)).backward()
             sums += torch.tensor([loss.item(), ro.reward.sum().item(), st["kl"].sum().item(),

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from megakd.minillm.data import Example, collate
-from megakd.minillm.generate import generate
+from megakd.minillm.generate import answer_all, generate
 from megakd.minillm.losses import real_vocab, single_step_kl
 
 
@@ -92,13 +92,11 @@ def generation_rouge(student, tokenizer, examples: Sequence[Example], references
     out = {}
     for seed in seeds:
         gen = torch.Generator().manual_seed(seed)
-        predictions = []
-        for i in range(0, len(mine), batch_size):
-            s = generate([student], [p for p, _ in mine[i:i + batch_size]], vocab_size=tokenizer.vocab_size,
-                         eos=tokenizer.eod, max_new_tokens=max_new_tokens, temperature=temperature,
-                         top_p=top_p, generator=gen)
-            predictions += [tokenizer.detokenize([t for t in ids if t != tokenizer.eod])
-                            for ids in s.responses()]
+        answers = answer_all(student, [p for p, _ in mine], batch_size=batch_size,
+                             vocab_size=tokenizer.vocab_size, eos=tokenizer.eod,
+                             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                             generator=gen)
+        predictions = [tokenizer.detokenize([t for t in ids if t != tokenizer.eod]) for ids in answers]
         total = _sum_over_dp([rouge_l_sum(predictions, refs)])[0]
         out[f"rougeL_seed{seed}"] = 100.0 * total / len(examples)
     student.train(was[0])

@@ -116,3 +116,12 @@ def generate(models: Sequence, prompts: Sequence[Sequence[int]], *, vocab_size: 
             m.train(was)
     end = pos + 1
     return Samples(tokens[:, :end], lengths, response[:, :end], sample_lp[:, :end])
+
+
+def answer_all(model, prompts: Sequence[Sequence[int]], *, batch_size: int, **sampling) -> List[List[int]]:
+    """Responses (token ids, EOS included when reached) to every prompt, `batch_size` at a time;
+    `sampling`: generate's keyword arguments."""
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        out += generate([model], prompts[i:i + batch_size], **sampling).responses()
+    return out

@@ -23,7 +23,7 @@ from megakd.losses import distill_loss
 from megakd.minillm import losses
 from megakd.minillm.data import Example, collate, load_examples
 from megakd.minillm.evaluate import evaluate
-from megakd.minillm.generate import generate
+from megakd.minillm.generate import answer_all, generate
 from megakd.models import build_model
 from megakd.teacher.loading import hf_checkpoint, load_teacher, teacher_path
 from megakd.training import checkpoint
@@ -92,12 +92,10 @@ class InstructionTrainer:
 
     def teacher_answers(self, examples: List[Example]) -> List[Example]:
         """SeqKD: the teacher's greedy answer replaces every reference response."""
-        out = []
-        for chunk in self.micro_batches(examples):
-            s = generate([self.teacher], [p for p, _ in chunk], vocab_size=self.tokenizer.vocab_size,
-                         eos=self.tokenizer.eod, max_new_tokens=self.cfg.minillm.max_new_tokens, greedy=True)
-            out += [(p, r) for (p, _), r in zip(chunk, s.responses())]
-        return out
+        answers = answer_all(self.teacher, [p for p, _ in examples], batch_size=self.cfg.train.micro_batch_size,
+                             vocab_size=self.tokenizer.vocab_size, eos=self.tokenizer.eod,
+                             max_new_tokens=self.cfg.minillm.max_new_tokens, greedy=True)
+        return [(p, r) for (p, _), r in zip(examples, answers)]
 
     # ------------------------------------------------------------------ losses
     def _global(self, values: List[float]) -> List[float]:

@@ -67,16 +67,17 @@ def test_minillm_lowers_reverse_kl_to_teacher_on_held_out_prompts(task, models, 
         assert key in steps[1]
 
 
-def test_minillm_tp2_matches_tp1_with_mixing_clipping_and_lm_term(task, models, tmp_path):
+def test_minillm_tp2_and_dp2_match_one_process_with_mixing_clipping_and_lm_term(task, models, tmp_path):
     args = {**SMALL, **models, "train.iters": 4, "minillm.teacher_mix": 0.2, "minillm.lm_coef": 0.5,
             "data.prefix": task["prefix"], "data.cache_dir": tmp_path / "cache",
             "minillm.valid_data": "null"}
     ref, _ = train(task, "minillm", tmp_path / "tp1", **args)
-    got, _ = train(task, "minillm", tmp_path / "tp2", nproc=2, **args, **{"parallel.tp": 2})
     assert 0 < ref[2]["importance weight"] and ref[2]["lm loss"] > 0
-    for key in ("loss", "reward", "reverse kl", "clip fraction", "lm loss", "grad norm", "response length"):
-        assert [got[i][key] for i in range(1, 5)] == pytest.approx(
-            [ref[i][key] for i in range(1, 5)], rel=2e-4, abs=1e-6), key
+    for name, layout in {"tp2": {"parallel.tp": 2}, "dp2": {}}.items():
+        got, _ = train(task, "minillm", tmp_path / name, nproc=2, **args, **layout)
+        for key in ("loss", "reward", "reverse kl", "clip fraction", "lm loss", "grad norm", "response length"):
+            assert [got[i][key] for i in range(1, 5)] == pytest.approx(
+                [ref[i][key] for i in range(1, 5)], rel=2e-4, abs=1e-6), (name, key)
 
 
 def test_kd_and_seqkd_baselines(task, models, tmp_path):

@@ -11,7 +11,7 @@ same sequences.
 """
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -55,10 +55,14 @@ def next_token_logprobs(logits: torch.Tensor, vocab_size: int, temperature: floa
 @torch.no_grad()
 def generate(models: Sequence, prompts: Sequence[Sequence[int]], *, vocab_size: int, eos: int,
              max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-             mix: Optional[float] = None, generator: Optional[torch.Generator] = None,
+             mix: Optional[float] = None,
+             generator: Union[torch.Generator, Sequence[torch.Generator], None] = None,
              greedy: bool = False) -> Samples:
     """Sample a response for every prompt from models[0], or from mix*models[1] + (1-mix)*models[0]
-    (probabilities, each at `temperature`; top_p applied to the mixture). Stops at EOS."""
+    (probabilities, each at `temperature`; top_p applied to the mixture). Stops at EOS.
+
+    `generator`: one for the batch, or one per prompt (then a prompt's answer does not depend on
+    which batch or rank it is generated in)."""
     device = next(models[0].parameters()).device
     b = len(prompts)
     lengths = torch.tensor([len(p) for p in prompts], device=device)
@@ -101,7 +105,7 @@ def generate(models: Sequence, prompts: Sequence[Sequence[int]], *, vocab_size: 
             if greedy:
                 drawn = logprobs.argmax(-1)
             else:
-                drawn = torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(1)
+                drawn = _draw(logprobs.exp(), generator)
             if tp_group is not None and dist.get_world_size(tp_group) > 1:
                 dist.broadcast(drawn, src, group=tp_group)
             sampling = (pos >= lengths) & ~done
@@ -116,6 +120,12 @@ def generate(models: Sequence, prompts: Sequence[Sequence[int]], *, vocab_size: 
             m.train(was)
     end = pos + 1
     return Samples(tokens[:, :end], lengths, response[:, :end], sample_lp[:, :end])
+
+
+def _draw(probs: torch.Tensor, generator) -> torch.Tensor:
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generator)])
 
 
 def answer_all(model, prompts: Sequence[Sequence[int]], *, batch_size: int, **sampling) -> List[List[int]]:

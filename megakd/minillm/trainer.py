@@ -66,7 +66,6 @@ class InstructionTrainer:
                                     generator=torch.Generator().manual_seed(cfg.train.seed)).tolist()
         self.lm_stream = self._lm_stream() if mm.method == "minillm" and mm.lm_coef > 0 else None
         self.rollouts: List[losses.Rollout] = []
-        self.rollout_gen = torch.Generator().manual_seed(cfg.train.seed + 1 + self.dp_rank)
         self.iteration = 0
         self.logger = MetricsLogger(self.env.rank == 0, cfg.log.tensorboard_dir, cfg.log.metrics_file)
 
@@ -78,13 +77,15 @@ class InstructionTrainer:
         train_ds, _ = build_datasets(self.cfg, self.tokenizer, t.iters * t.global_batch_size, 0)
         return iter(BatchStream(train_ds, t.micro_batch_size, self.dp_rank, self.dp_size))
 
+    def local_positions(self) -> List[int]:
+        """Positions in the global sample stream of this DP rank's share of the step's batch."""
+        g = self.cfg.train.global_batch_size
+        share = g // self.dp_size
+        return [self.iteration * g + self.dp_rank * share + j for j in range(share)]
+
     def local_examples(self) -> List[Example]:
         """This DP rank's share of the step's global batch (a fixed shuffled order, cycled)."""
-        g = self.cfg.train.global_batch_size
-        start = self.iteration * g
-        step = [self.train_examples[self.order[(start + j) % len(self.order)]] for j in range(g)]
-        share = g // self.dp_size
-        return step[self.dp_rank * share:(self.dp_rank + 1) * share]
+        return [self.train_examples[self.order[i % len(self.order)]] for i in self.local_positions()]
 
     def micro_batches(self, items: list) -> List[list]:
         mb = self.cfg.train.micro_batch_size
@@ -142,11 +143,14 @@ class InstructionTrainer:
         mix = mm.teacher_mix if mm.teacher_mix > 0 else None
         on_policy = mix is None and mm.temperature == 1.0 and mm.top_p == 1.0
         out = []
-        for chunk in self.micro_batches(self.local_examples()):
+        # one random stream per sample (seed, stream position): rollouts do not depend on DP/micro-batching
+        gens = [torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + i)
+                for i in self.local_positions()]
+        for chunk, chunk_gens in zip(self.micro_batches(self.local_examples()), self.micro_batches(gens)):
             s = generate([self.model] + ([self.teacher] if mix else []), [p for p, _ in chunk],
                          vocab_size=self.tokenizer.vocab_size, eos=self.tokenizer.eod,
                          max_new_tokens=mm.max_new_tokens, temperature=mm.temperature, top_p=mm.top_p,
-                         mix=mix, generator=self.rollout_gen)
+                         mix=mix, generator=chunk_gens)
             tokens, mask = s.tokens, s.response_mask[:, 1:].float()
             inputs = tokens[:, :-1]
             pos = torch.arange(inputs.shape[1]).unsqueeze(0).expand_as(inputs)

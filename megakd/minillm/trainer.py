@@ -43,6 +43,7 @@ class InstructionTrainer:
             from megakd.convert import model_config_from_hf
 
             cfg.model = model_config_from_hf(cfg.model.init_from_hf, base=cfg.model)
+            cfg.validate(self.env.world_size)
             init = hf_checkpoint(cfg.model.init_from_hf, cfg.model)
         init = cfg.checkpoint.pretrained or init
         self.dp_size, self.dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
@@ -78,10 +79,14 @@ class InstructionTrainer:
         return iter(BatchStream(train_ds, t.micro_batch_size, self.dp_rank, self.dp_size))
 
     def local_positions(self) -> List[int]:
-        """Positions in the global sample stream of this DP rank's share of the step's batch."""
+        """Positions in the global sample stream of this DP rank's share of the step's batch
+        (MiniLLM takes a batch per rollout, i.e. every minillm.ppo_epochs steps)."""
         g = self.cfg.train.global_batch_size
         share = g // self.dp_size
-        return [self.iteration * g + self.dp_rank * share + j for j in range(share)]
+        batch = self.iteration
+        if self.cfg.minillm.method == "minillm":
+            batch //= self.cfg.minillm.ppo_epochs
+        return [batch * g + self.dp_rank * share + j for j in range(share)]
 
     def local_examples(self) -> List[Example]:
         """This DP rank's share of the step's global batch (a fixed shuffled order, cycled)."""

@@ -136,13 +136,18 @@ class TeacherConfig:
     hf_path: Optional[str] = None
     """Or a local Hugging Face model directory / .gguf file (converted once, cached in $MEGAKD_CACHE)."""
     placement: Literal["colocated"] = "colocated"
-    """colocated: every student rank runs the teacher at the student's TP (PP=1 only so far)."""
+    """colocated: every student rank runs its slice of the teacher at the student's TP and PP (the
+    teacher's layers split over the pipeline stages, its hidden states sent with the student's)."""
 
 
 @dataclass
 class KDConfig:
-    source: Literal["none", "online"] = "none"
-    """none: LM loss only. online: teacher logits computed during training (see teacher.*)."""
+    source: Literal["none", "online", "offline"] = "none"
+    """none: LM loss only. online: teacher logits computed during training (see teacher.*).
+    offline: sparse teacher targets read from kd.store (tools/dump_teacher_logits.py)."""
+    store: Union[str, List[str], None] = None
+    """kd.source=offline: the teacher-logits store directory, or a list of them, one per data.prefix
+    blend member (in blend order). temperature/top_p/top_k must not be looser than the store's."""
     kind: str = "fkl"
     """Divergence: fkl, rkl, sfkl, srkl, jsd, tvd, mse, nll (megakd.losses)."""
     temperature: float = 1.0
@@ -286,9 +291,18 @@ class Config:
             if (tch.checkpoint is None) == (tch.hf_path is None):
                 raise ConfigError("kd.source=online needs exactly one of teacher.checkpoint and "
                                   "teacher.hf_path")
-            if self.parallel.pp > 1:
-                raise ConfigError("a co-located teacher with parallel.pp > 1 is not supported yet; "
-                                  "use parallel.pp=1 (TP and DP work)")
+            if self.parallel.pp > 1 and self.parallel.sequence_parallel:
+                raise ConfigError("a co-located teacher with parallel.pp > 1 does not support "
+                                  "parallel.sequence_parallel yet; set it to false")
+        if k.source == "offline":
+            from megakd.data.gpt import parse_blend
+
+            prefixes = parse_blend(self.data.prefix)[0] if self.data.prefix is not None else [None]
+            stores = [k.store] if isinstance(k.store, str) else k.store or []
+            if len(stores) != len(prefixes):
+                raise ConfigError(f"kd.source=offline needs kd.store: one store directory per "
+                                  f"data.prefix dataset ({len(prefixes)}), got {len(stores)}; dump "
+                                  f"them with tools/dump_teacher_logits.py")
 
     def _validate_minillm(self):
         mm = self.minillm

@@ -114,12 +114,6 @@ def document_lengths(prefix: str) -> numpy.ndarray:
     return lengths
 
 
-def all_tokens(prefix: str) -> numpy.ndarray:
-    """Every token of <prefix>.bin in file order, memory-mapped (read-only)."""
-    header = _check_index(prefix)
-    return numpy.memmap(get_bin_path(prefix), dtype=header.dtype, mode="r")
-
-
 def dataset_fingerprint(prefix: str) -> str:
     """A cheap identity for a dataset: hash of the .idx bytes plus the .bin size.
 

@@ -166,6 +166,44 @@ class KDConfig:
 
 
 @dataclass
+class MiniLLMConfig:
+    """Instruction tuning / distillation on prompt-response data (examples/train_minillm.py)."""
+
+    method: Literal["none", "sft", "kd", "seqkd", "minillm"] = "none"
+    """none: not an instruction run. sft: fine-tune on the responses. kd: (1-kd.alpha)*LM +
+    kd.alpha*KD(kd.kind) on the responses. seqkd: sft on the teacher's greedy answers to the training
+    prompts. minillm: reverse KL by policy gradient on the student's own samples."""
+    train_data: Optional[str] = None
+    """jsonl (prompt, response[, system]) or a prefix from tools/preprocess_sft.py."""
+    valid_data: Optional[str] = None
+    """Held-out prompt/response pairs for evaluation (reverse KL, Rouge-L); optional."""
+    max_new_tokens: int = 64
+    """Longest sampled response (rollouts, SeqKD answers, evaluation)."""
+    temperature: float = 1.0
+    """Rollout sampling temperature (the importance weights account for it)."""
+    top_p: float = 1.0
+    """Rollout nucleus sampling (applied to the teacher-mixed distribution)."""
+    teacher_mix: float = 0.2
+    """Sample rollouts from a*p_teacher + (1-a)*q_student with per-token importance weights (0 = off)."""
+    single_step: bool = True
+    """Current-step reward as the exact per-step reverse KL over the vocab (else in the sampled return)."""
+    length_norm: bool = True
+    """Divide the future reward by the number of remaining response tokens."""
+    gamma: float = 0.95
+    """Discount of the future reward."""
+    clip_eps: float = 0.2
+    """PPO clipping of the ratio q_theta / q_old (0 = no clipping)."""
+    ppo_epochs: int = 2
+    """Optimizer steps per rollout batch (the first is on-policy, ratios start at 1)."""
+    lm_coef: float = 0.0
+    """Weight of the LM loss on pre-training data (data.prefix) added to the MiniLLM loss (0 = off)."""
+    eval_interval: int = 0
+    """Evaluate (reverse KL to the teacher on valid_data) every N iterations (0 = only at the end)."""
+    eval_seed: int = 0
+    """Sampling seed of the on-policy evaluation (same prompts, same seed at every evaluation)."""
+
+
+@dataclass
 class LogConfig:
     interval: int = 1
     """Print/record training metrics every N iterations."""
@@ -185,6 +223,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     kd: KDConfig = field(default_factory=KDConfig)
+    minillm: MiniLLMConfig = field(default_factory=MiniLLMConfig)
 
     def validate(self, world_size: Optional[int] = None) -> "Config":
         """Cross-field checks; raises ConfigError naming the keys to change."""
@@ -226,6 +265,9 @@ class Config:
         if m.init_from_hf and self.checkpoint.pretrained:
             raise ConfigError("set only one of model.init_from_hf and checkpoint.pretrained")
         self._validate_kd()
+        if self.minillm.method != "none":
+            self._validate_minillm()
+            return self
         if self.data.prefix is None:
             raise ConfigError("data.prefix is not set; point it at a <prefix> with .bin/.idx "
                               "(make one with tools/preprocess_data.py)")
@@ -261,6 +303,34 @@ class Config:
                 raise ConfigError(f"kd.source=offline needs kd.store: one store directory per "
                                   f"data.prefix dataset ({len(prefixes)}), got {len(stores)}; dump "
                                   f"them with tools/dump_teacher_logits.py")
+
+    def _validate_minillm(self):
+        mm = self.minillm
+        if mm.train_data is None:
+            raise ConfigError(f"minillm.method={mm.method} needs minillm.train_data (a jsonl of "
+                              f"prompt/response records or a tools/preprocess_sft.py prefix)")
+        if self.data.tokenizer is None:
+            raise ConfigError("data.tokenizer is not set; point it at a local Hugging Face tokenizer dir")
+        if mm.method != "sft" and (self.teacher.checkpoint is None) == (self.teacher.hf_path is None):
+            raise ConfigError(f"minillm.method={mm.method} needs exactly one of teacher.checkpoint "
+                              f"and teacher.hf_path")
+        if mm.method == "minillm" and mm.lm_coef > 0 and self.data.prefix is None:
+            raise ConfigError("minillm.lm_coef > 0 needs pre-training data in data.prefix "
+                              "(or set minillm.lm_coef=0)")
+        if self.parallel.pp > 1:
+            raise ConfigError("instruction training (minillm.method) runs at parallel.pp=1 only; "
+                              "use tensor and data parallelism")
+        if self.checkpoint.load:
+            raise ConfigError("instruction training cannot resume (checkpoint.load); start from "
+                              "weights with checkpoint.pretrained")
+        if not 0.0 <= mm.teacher_mix < 1.0:
+            raise ConfigError(f"minillm.teacher_mix={mm.teacher_mix} must be in [0, 1)")
+        if not 0.0 < mm.top_p <= 1.0 or mm.temperature <= 0:
+            raise ConfigError("minillm.top_p must be in (0, 1] and minillm.temperature > 0")
+        if not 0.0 <= mm.gamma <= 1.0 or mm.clip_eps < 0:
+            raise ConfigError("minillm.gamma must be in [0, 1] and minillm.clip_eps >= 0")
+        if mm.ppo_epochs < 1 or mm.max_new_tokens < 1:
+            raise ConfigError("minillm.ppo_epochs and minillm.max_new_tokens must be >= 1")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

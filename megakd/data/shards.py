@@ -28,6 +28,22 @@ def shard_written(written: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def start_or_resume(run_file: str, settings: dict, mismatch: Exception) -> None:
+    """Rank 0 records the run's settings beside its shards unless a run is there already; every
+    rank then checks that run had the same settings (raises `mismatch` when not), so a restart
+    resumes only its own shards."""
+    import torch.distributed as dist
+
+    if dist.get_rank() == 0:
+        os.makedirs(os.path.dirname(run_file), exist_ok=True)
+        if not os.path.isfile(run_file):
+            write_json_atomic(run_file, settings)
+    dist.barrier()
+    with open(run_file) as f:
+        if json.load(f) != settings:
+            raise mismatch
+
+
 def write_json_atomic(path: str, obj: dict) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:

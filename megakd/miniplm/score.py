@@ -28,7 +28,7 @@ import numpy
 import torch
 import torch.distributed as dist
 
-from megakd.data.shards import assigned, save_npy_atomic, shard_written, write_json_atomic
+from megakd.data.shards import assigned, save_npy_atomic, shard_written, start_or_resume, write_json_atomic
 from megakd.errors import CheckpointError, ConfigError, DataError
 from megakd.miniplm.instances import Instances
 
@@ -153,16 +153,9 @@ def _prepare_output(args: ScoreArgs, meta: dict) -> bool:
         raise DataError(f"{args.output} already holds scores of another run (other data, models "
                         f"or settings); delete it or pass another --output")
     shard_dir = os.path.join(args.output, SHARD_DIR)
-    run_file = os.path.join(shard_dir, RUN_FILE)
-    if dist.get_rank() == 0:
-        os.makedirs(shard_dir, exist_ok=True)
-        if not os.path.isfile(run_file):
-            write_json_atomic(run_file, meta)
-    dist.barrier()
-    with open(run_file) as f:
-        if json.load(f) != meta:
-            raise DataError(f"{shard_dir} holds partial scores of another run (other data, models "
-                            f"or settings); delete {args.output} or pass the same arguments")
+    start_or_resume(os.path.join(shard_dir, RUN_FILE), meta,
+                    DataError(f"{shard_dir} holds partial scores of another run (other data, models "
+                              f"or settings); delete {args.output} or pass the same arguments"))
     return False
 
 

@@ -99,7 +99,7 @@ def dequantise(counts: np.ndarray, q: np.ndarray) -> np.ndarray:
     return (np.log(q2) - logz[_segment_ids(counts)]).astype(np.float32)
 
 
-def _planes(values: np.ndarray) -> Tuple[int, bytes]:
+def planes(values: np.ndarray) -> Tuple[int, bytes]:
     """Non-negative ints -> (byte width, little-endian byte planes: all low bytes, then the next...)."""
     values = values.astype(np.uint64)
     top = int(values.max()) if values.size else 0
@@ -108,10 +108,10 @@ def _planes(values: np.ndarray) -> Tuple[int, bytes]:
     return width, np.ascontiguousarray(raw.T).tobytes()
 
 
-def _unplanes(buf: memoryview, count: int, width: int) -> np.ndarray:
-    planes = np.frombuffer(buf, dtype=np.uint8, count=count * width).reshape(width, count)
+def unplanes(buf: memoryview, count: int, width: int) -> np.ndarray:
+    raw = np.frombuffer(buf, dtype=np.uint8, count=count * width).reshape(width, count)
     out = np.zeros((count, 8), dtype=np.uint8)
-    out[:, :width] = planes.T
+    out[:, :width] = raw.T
     return out.view(np.uint64).reshape(count).astype(np.int64)
 
 
@@ -131,9 +131,9 @@ def encode_block(rows: Rows, rank_of, max_kl: float, codec: str = "zlib") -> byt
     q, ranks = q[order], ranks[order]
     first = _row_firsts(counts, len(q))
     gaps = np.where(first, ranks, ranks - np.roll(ranks, 1) - 1)
-    wc, pc = _planes(counts)
-    wq, pq = _planes(q)
-    wr, pr = _planes(gaps)
+    wc, pc = planes(counts)
+    wq, pq = planes(q)
+    wr, pr = planes(gaps)
     payload = pc + pq + pr  # (L is not stored: q^2 / sum(q^2) does not depend on it)
     packed = zlib.compress(payload, 9) if codec == "zlib" else lzma.compress(payload, preset=9)
     head = _HEAD.pack(len(counts), len(q), wc, wq, wr, CODECS.index(codec), zlib.crc32(packed))
@@ -162,10 +162,10 @@ def decode_block(block: bytes, id_of) -> Rows:
     if len(payload) != n * wc + m * (wq + wr):
         raise CorruptBlock("payload size mismatch")
     view = memoryview(payload)
-    counts = _unplanes(view, n, wc)
+    counts = unplanes(view, n, wc)
     off = n * wc
-    q = _unplanes(view[off:], m, wq)
-    gaps = _unplanes(view[off + m * wq:], m, wr)
+    q = unplanes(view[off:], m, wq)
+    gaps = unplanes(view[off + m * wq:], m, wr)
     if counts.sum() != m or (m and q.min() < 1):
         raise CorruptBlock("inconsistent rows")
     first = _row_firsts(counts, m)

@@ -15,17 +15,18 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from megakd.data.logits_store import codec
 from megakd.data.logits_store import store as st
-from megakd.data.shards import assigned, shard_written, write_json_atomic
+from megakd.data.shards import assigned, shard_written, start_or_resume
 from megakd.errors import ConfigError, DataError, StoreError
 
-RUN_FILE = "dump.json"  # the settings of a dump in progress: a rerun must match them
+RUN_FILE = "dump.json"  # the settings the dump started with: a rerun must match them
 
 
 @dataclass
@@ -110,63 +111,34 @@ def dump_shard(model, tokens, first: int, num: int, lengths: np.ndarray, args: D
                device, writer: Optional[st.ShardWriter], bar) -> None:
     """Teacher rows of documents [first, first+num) into `writer` (None: compute only, TP rank > 0).
 
-    Windows are batched by length (less padding) in groups of 16 micro-batches, then written back
-    in document order. Batching depends only on the shard, so any DP size writes the same bytes."""
+    The shard's windows are batched by length (less padding) and added back in document order;
+    batching depends only on the shard, so any DP size writes the same bytes."""
     pieces = [(d, s, e, emit) for d in range(first, first + num)
               for s, e, emit in windows(int(lengths[d]), args.window, args.stride)]
-    group = 16 * args.micro_batch_size
-    done: Dict[int, List[Tuple[np.ndarray, np.ndarray]]] = {}
-    next_doc = first
-    for g in range(0, len(pieces), group):
-        chunk = pieces[g:g + group]
-        order = sorted(range(len(chunk)), key=lambda i: (-(chunk[i][2] - chunk[i][1]), i))
-        results = {}
-        for b in range(0, len(order), args.micro_batch_size):
-            idx = order[b:b + args.micro_batch_size]
-            toks = [np.asarray(tokens.get(chunk[i][0], offset=chunk[i][1], length=chunk[i][2] - chunk[i][1]))
-                    for i in idx]
-            top = max(int(t.max()) for t in toks)
-            if top >= vocab_size:
-                raise DataError(f"dataset {args.data_prefix} has token id {top} >= the tokenizer's "
-                                f"{vocab_size} (document {chunk[idx[0]][0]}); tokenize it with {args.tokenizer}")
-            for i, out in zip(idx, _forward_rows(model, toks, args, device)):
-                d, s, e, emit = chunk[i]
-                results[i] = (out[0][emit - s:], out[1][emit - s:])
-            bar.update(sum(chunk[i][2] - chunk[i][3] for i in idx))
-        for i in range(len(chunk)):
-            done.setdefault(chunk[i][0], []).append(results[i])
-        # write every document whose windows are all done, in order
-        while next_doc < first + num:
-            n_pieces = len(windows(int(lengths[next_doc]), args.window, args.stride))
-            if len(done.get(next_doc, [])) < n_pieces:
-                break
-            parts = done.pop(next_doc)
-            if writer is not None:
-                rows = st.codec.rows_from_padded(np.concatenate([p[0] for p in parts]),
-                                                 np.concatenate([p[1] for p in parts]))
-                writer.add(rows)
-            next_doc += 1
+    order = sorted(range(len(pieces)), key=lambda i: (-(pieces[i][2] - pieces[i][1]), i))
+    rows: List[Optional[codec.Rows]] = [None] * len(pieces)
+    for b in range(0, len(order), args.micro_batch_size):
+        idx = order[b:b + args.micro_batch_size]
+        toks = [np.asarray(tokens.get(pieces[i][0], offset=pieces[i][1], length=pieces[i][2] - pieces[i][1]))
+                for i in idx]
+        top = max(int(t.max()) for t in toks)
+        if top >= vocab_size:
+            raise DataError(f"dataset {args.data_prefix} has token id {top} >= the tokenizer's "
+                            f"{vocab_size} (document {pieces[idx[0]][0]}); tokenize it with {args.tokenizer}")
+        for i, (ids, lp) in zip(idx, _forward_rows(model, toks, args, device)):
+            _, s, _, emit = pieces[i]
+            rows[i] = codec.rows_from_padded(ids[emit - s:], lp[emit - s:])
+        bar.update(sum(pieces[i][2] - pieces[i][3] for i in idx))
+    if writer is not None:
+        for r in rows:  # pieces are in document order, a document's windows in token order
+            writer.add(r)
 
 
 def _prepare(args: DumpArgs, meta: st.StoreMeta) -> bool:
-    """Rank 0 creates the output and its settings file; every rank checks a previous run there
-    used the same settings. True when the store is already complete."""
-    manifest = os.path.join(args.output, st.MANIFEST)
-    run_file = os.path.join(args.output, RUN_FILE)
+    """Check a previous run in the output used the same settings (its dump.json; a finished store
+    also has store.json), else start one. True when the store is already complete."""
     want = {"format": st.FORMAT, "meta": dataclasses.asdict(meta)}
-    box = [None]
-    if dist.get_rank() == 0:
-        try:
-            os.makedirs(args.output, exist_ok=True)
-            if not os.path.isfile(run_file) and not os.path.isfile(manifest):
-                if any(n.startswith("shard-") for n in os.listdir(args.output)):
-                    raise StoreError(f"{args.output} holds shards but no {RUN_FILE}; delete it or pass another --output")
-                write_json_atomic(run_file, want)
-        except (StoreError, OSError) as e:
-            box[0] = StoreError(str(e)) if isinstance(e, OSError) else e
-    dist.broadcast_object_list(box, src=0)
-    if box[0] is not None:
-        raise box[0]
+    manifest = os.path.join(args.output, st.MANIFEST)
     if os.path.isfile(manifest):
         with open(manifest) as f:
             have = json.load(f)
@@ -174,10 +146,9 @@ def _prepare(args: DumpArgs, meta: st.StoreMeta) -> bool:
             return True
         raise StoreError(f"{args.output} already holds a logits store of another dataset, teacher or "
                          "settings; delete it or pass another --output")
-    with open(run_file) as f:
-        if json.load(f) != want:
-            raise StoreError(f"{args.output} holds a partial dump with other settings; rerun with the "
-                             f"same arguments, or delete {args.output}")
+    start_or_resume(os.path.join(args.output, RUN_FILE), want,
+                    StoreError(f"{args.output} holds a partial dump with other settings; rerun with the "
+                               f"same arguments, or delete {args.output}"))
     return False
 
 
@@ -244,7 +215,6 @@ def dump(args: DumpArgs) -> DumpResult:
     dist.barrier()
     if env.rank == 0:
         st.finish_store(args.output, meta, plan)
-        os.remove(os.path.join(args.output, RUN_FILE))
         size = sum(os.path.getsize(os.path.join(args.output, st.shard_file(k))) for k in range(len(plan)))
         print(f"dumped {meta.num_tokens:,} tokens of {meta.num_docs:,} documents -> {args.output} "
               f"({size / meta.num_tokens:.1f} B/token; {todo:,} tokens on rank 0 in {elapsed:.1f} s)", flush=True)

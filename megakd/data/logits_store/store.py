@@ -21,7 +21,7 @@ import struct
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Sequence, Tuple
 
 import numpy as np
 
@@ -133,11 +133,14 @@ class ShardWriter:
         table, offset = [], 0
         try:
             with open(tmp, "wb") as f:
+                starts = rows.starts
                 for a in range(0, len(rows.counts), self.meta.block_rows):
-                    block = codec.encode_block(_rows_slice(rows, a, a + self.meta.block_rows),
-                                               ranks.rank_of, self.meta.max_kl, self.meta.codec)
+                    b = min(a + self.meta.block_rows, len(rows.counts))
+                    part = codec.Rows(rows.counts[a:b], rows.ids[starts[a]:starts[b]],
+                                      rows.logprobs[starts[a]:starts[b]])
+                    block = codec.encode_block(part, ranks.rank_of, self.meta.max_kl, self.meta.codec)
                     f.write(block)
-                    table.append((offset, len(block), min(self.meta.block_rows, len(rows.counts) - a)))
+                    table.append((offset, len(block), b - a))
                     offset += len(block)
                 id_table = _pack_ids(order)
                 blocks = np.array(table, dtype=np.int64).reshape(-1, 3).tobytes()
@@ -150,13 +153,13 @@ class ShardWriter:
 
 
 def _pack_ids(order: np.ndarray) -> bytes:
-    width, planes = codec._planes(order)
+    width, planes = codec.planes(order)
     return struct.pack("<QB", len(order), width) + zlib.compress(planes, 9)
 
 
 def _unpack_ids(raw: bytes) -> np.ndarray:
     n, width = struct.unpack_from("<QB", raw)
-    return codec._unplanes(memoryview(zlib.decompress(raw[9:])), n, width)
+    return codec.unplanes(memoryview(zlib.decompress(raw[9:])), n, width)
 
 
 def _concat(parts: Sequence[codec.Rows]) -> codec.Rows:
@@ -164,12 +167,6 @@ def _concat(parts: Sequence[codec.Rows]) -> codec.Rows:
         return parts[0]
     return codec.Rows(np.concatenate([p.counts for p in parts]), np.concatenate([p.ids for p in parts]),
                       np.concatenate([p.logprobs for p in parts]))
-
-
-def _rows_slice(rows: codec.Rows, a: int, b: int) -> codec.Rows:
-    starts = rows.starts
-    b = min(b, len(rows.counts))
-    return codec.Rows(rows.counts[a:b], rows.ids[starts[a]:starts[b]], rows.logprobs[starts[a]:starts[b]])
 
 
 def read_shard_index(path: str) -> Tuple[np.ndarray, IdRanks]:

@@ -174,6 +174,7 @@ def test_one_step_from_the_store_equals_in_process_targets_at_tp1_tp2(setup, tin
     for name, layout in {"tp2": {"parallel.tp": 2}, "pp2": {"parallel.pp": 2},
                          "dp2_mbs1": {"train.micro_batch_size": 1}}.items():
         got = _run(tiny_corpus, tmp_path / name, nproc=2, **args, **layout)
+        assert got[1]["lookup time"] > 0, name  # at PP2 too: the last stage looks up, rank 0 logs
         for key in ("kd loss", "lm loss", "loss", "grad norm"):
             assert [got[i][key] for i in STEPS] == pytest.approx(
                 [ref[i][key] for i in STEPS], rel=5e-4), (name, key)

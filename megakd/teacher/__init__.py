@@ -19,12 +19,19 @@ class TeacherSource:
     def targets(self, batch: dict):
         raise NotImplementedError
 
+    def start(self, trainer) -> None:
+        """Called once the trainer's datasets and resume point are known."""
+
     def metrics(self) -> Dict[str, float]:
         return {}
 
 
 def build(trainer) -> TeacherSource:
     """The teacher source named by kd.source / teacher.placement (config already validated)."""
+    if trainer.cfg.kd.source == "online" and trainer.cfg.teacher.placement == "dedicated":
+        from megakd.teacher.dedicated import DedicatedTeacher
+
+        return DedicatedTeacher(trainer)
     if trainer.cfg.kd.source == "online":
         from megakd.teacher.colocated import ColocatedTeacher
 

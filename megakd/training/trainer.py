@@ -24,7 +24,7 @@ from megakd import platform
 from megakd.config import Config
 from megakd.data.gpt import BatchStream, build_datasets
 from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer, vocab_fingerprint
-from megakd.losses import distill_loss, schedules
+from megakd.losses import SparseTarget, distill_loss, schedules
 from megakd.models import build_model
 from megakd.training import checkpoint
 from megakd import teacher as teacher_source
@@ -43,11 +43,12 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         p = cfg.parallel
-        cfg.validate(platform.init_distributed(p.timeout_minutes).world_size)
+        platform.init_distributed(p.timeout_minutes)
+        cfg.validate(platform.job_world_size())
         self.env = platform.init_model_parallel(p.tp, p.pp, cfg.train.seed, p.timeout_minutes)
         if cfg.model.init_from_hf:  # the HF architecture replaces model.*: check the result again
             self.hf_init = self._convert_hf_init()
-            cfg.validate(self.env.world_size)
+            cfg.validate(platform.job_world_size())
         else:
             self.hf_init = None
         self.tokenizer = MegatronTokenizer(load_tokenizer(cfg.data.tokenizer))
@@ -83,6 +84,8 @@ class Trainer:
             evals * t.eval_iters * t.global_batch_size)
         self.train_iter = iter(BatchStream(self.train_ds, t.micro_batch_size, self.dp_rank,
                                            self.dp_size, self.consumed_samples, cfg.data.num_workers))
+        if self.teacher is not None:
+            self.teacher.start(self)
         is_logger = self.env.rank == 0
         self.logger = MetricsLogger(is_logger, cfg.log.tensorboard_dir, cfg.log.metrics_file)
         self.forward_backward = get_forward_backward_func()
@@ -132,15 +135,20 @@ class Trainer:
             return output, partial(self.loss_func, batch["loss_mask"])
         # KD: the student's vocab-sharded logits feed both the LM loss and the fused KD loss.
         logits = model(tokens, positions, None)  # [b, s, V/TP]
+        if not ps.is_pipeline_last_stage():  # hidden states for the next stage; no loss here
+            return logits, partial(self.loss_func, batch["loss_mask"])
         target = self.teacher.targets(batch)  # dense logits or a SparseTarget
         # A copy, never a view (with micro_batch_size 1 the transpose is already contiguous):
         # megatron's vocab-parallel CE edits its input in place, and KD reads `logits` after it.
         lm = self.model.compute_language_model_loss(
             labels, logits.transpose(0, 1).clone(memory_format=torch.contiguous_format))
         k = self.cfg.kd
+        # A SparseTarget arrives truncated by kd.top_p/top_k already; truncating it again is not a
+        # no-op (top-p of a renormalised distribution keeps fewer tokens).
+        sparse = isinstance(target, SparseTarget)
         kd = distill_loss(logits, target, kind=k.kind, temperature=k.temperature,
-                          top_p=k.top_p, top_k=k.top_k, tp_group=ps.get_tensor_model_parallel_group(),
-                          loss_mask=batch["loss_mask"])
+                          top_p=1.0 if sparse else k.top_p, top_k=0 if sparse else k.top_k,
+                          tp_group=ps.get_tensor_model_parallel_group(), loss_mask=batch["loss_mask"])
         return torch.stack([lm.float(), kd]), partial(self.loss_func, batch["loss_mask"])
 
     def alpha(self) -> float:
@@ -247,9 +255,17 @@ class Trainer:
 
 
 def run(cfg: Config) -> None:
-    """Build a Trainer from a validated config, train, tear down."""
-    trainer = Trainer(cfg)
+    """Build a Trainer from a validated config, train, tear down. With a dedicated teacher the job
+    is split first, and the teacher ranks serve targets instead of training."""
     try:
-        trainer.train()
+        if cfg.kd.source == "online" and cfg.teacher.placement == "dedicated":
+            cfg.validate(platform.launched_world_size())
+            split = platform.init_split(cfg.teacher.ranks, cfg.parallel.timeout_minutes)
+            if split.role == platform.roles.TEACHER:
+                from megakd.teacher.dedicated import TeacherServer
+
+                TeacherServer(cfg, split).serve()
+                return
+        Trainer(cfg).train()
     finally:
         platform.destroy()

@@ -16,6 +16,10 @@ class DataError(MegakdError):
     """Missing, corrupt or mismatched data files."""
 
 
+class StoreError(DataError):
+    """Missing, corrupt or mismatched offline teacher-logits store."""
+
+
 class CheckpointError(MegakdError):
     """Missing or incompatible checkpoint."""
 

@@ -16,7 +16,8 @@ from megakd.data.indexed import open_indexed, write_indexed
 from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer
 from megakd.errors import DataError
 from megakd.miniplm.instances import Instances
-from megakd.miniplm.score import FAULT_ENV, read_scores
+from megakd.data.shards import FAULT_ENV
+from megakd.miniplm.score import read_scores
 from megakd.miniplm.select import SelectArgs, choose, num_kept, select
 from megakd.miniplm.text import ByteLevelText
 

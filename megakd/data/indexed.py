@@ -103,6 +103,23 @@ def open_indexed(prefix: str) -> IndexedDataset:
     return IndexedDataset(prefix)
 
 
+def document_lengths(prefix: str) -> numpy.ndarray:
+    """int64 token count of every sequence (document) of <prefix>, a copy owned by the caller.
+
+    (IndexedDataset.sequence_lengths is a view of its mmap: reading it after the dataset object is
+    collected crashes the process.)"""
+    ds = open_indexed(prefix)
+    lengths = numpy.array(ds.sequence_lengths, dtype=numpy.int64)
+    del ds
+    return lengths
+
+
+def all_tokens(prefix: str) -> numpy.ndarray:
+    """Every token of <prefix>.bin in file order, memory-mapped (read-only)."""
+    header = _check_index(prefix)
+    return numpy.memmap(get_bin_path(prefix), dtype=header.dtype, mode="r")
+
+
 def dataset_fingerprint(prefix: str) -> str:
     """A cheap identity for a dataset: hash of the .idx bytes plus the .bin size.
 

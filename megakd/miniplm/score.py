@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
@@ -29,15 +28,13 @@ import numpy
 import torch
 import torch.distributed as dist
 
+from megakd.data.shards import assigned, save_npy_atomic, shard_written, write_json_atomic
 from megakd.errors import CheckpointError, ConfigError, DataError
 from megakd.miniplm.instances import Instances
 
 FORMAT = "megakd.miniplm.scores/1"
 COLUMNS = ("diff", "teacher", "reference")
 SCORES_FILE, META_FILE, SHARD_DIR, RUN_FILE = "scores.npy", "metadata.json", "shards", "run.json"
-
-# Crash injection for resume tests: SIGKILL this process after it has written this many shards.
-FAULT_ENV = "MEGAKD_FAULT_KILL_AFTER_SHARDS"
 
 
 @dataclass
@@ -126,20 +123,6 @@ def run_metadata(instances: Instances, teacher, reference, args: ScoreArgs) -> d
     }
 
 
-def _write_json_atomic(path: str, obj: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _save_npy_atomic(path: str, array: numpy.ndarray) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}.npy"
-    numpy.save(tmp, array)
-    os.replace(tmp, path)
-
-
 def _check_models(teacher, reference, instances: Instances) -> None:
     if teacher.vocab_size != reference.vocab_size:
         raise CheckpointError(f"teacher ({teacher.path}) and reference ({reference.path}) have "
@@ -174,7 +157,7 @@ def _prepare_output(args: ScoreArgs, meta: dict) -> bool:
     if dist.get_rank() == 0:
         os.makedirs(shard_dir, exist_ok=True)
         if not os.path.isfile(run_file):
-            _write_json_atomic(run_file, meta)
+            write_json_atomic(run_file, meta)
     dist.barrier()
     with open(run_file) as f:
         if json.load(f) != meta:
@@ -216,11 +199,9 @@ def score(args: ScoreArgs) -> ScoreResult:
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     shard_dir = os.path.join(args.output, SHARD_DIR)
     n_shards = -(-len(instances) // args.shard_size)
-    mine = [k for k in range(dp_rank, n_shards, dp)
-            if not os.path.isfile(_shard_path(shard_dir, k))]
+    mine = assigned(n_shards, dp, dp_rank, lambda k: os.path.isfile(_shard_path(shard_dir, k)))
     dist.barrier()  # every rank has listed the finished shards before any new one appears
 
-    fault = int(os.environ.get(FAULT_ENV, "0"))
     todo = sum(len(_shard_range(k, args.shard_size, len(instances))) for k in mine)
     bar = tqdm(total=todo, unit="inst", desc=f"scoring (DP {dp})", mininterval=1.0,
                disable=(env.rank != 0) or not args.progress, dynamic_ncols=True)
@@ -235,10 +216,9 @@ def score(args: ScoreArgs) -> ScoreResult:
             rows.append(score_batch(teacher.model, reference.model, batch, env.device))
             bar.update(len(batch))
         if is_writer:
-            _save_npy_atomic(_shard_path(shard_dir, k), numpy.concatenate(rows))
+            save_npy_atomic(_shard_path(shard_dir, k), numpy.concatenate(rows))
             written += 1
-            if fault and written == fault:
-                os.kill(os.getpid(), signal.SIGKILL)
+            shard_written(written)
     bar.close()
     elapsed = time.perf_counter() - start
     dist.barrier()
@@ -264,8 +244,8 @@ def _assemble(output: str, n_shards: int, n: int, meta: dict) -> None:
     if scores.shape != (n, len(COLUMNS)):
         raise DataError(f"shards in {shard_dir} hold {scores.shape} scores, expected "
                         f"({n}, {len(COLUMNS)}); delete {output} and score again")
-    _save_npy_atomic(os.path.join(output, SCORES_FILE), scores)
-    _write_json_atomic(os.path.join(output, META_FILE), meta)  # written last: marks completion
+    save_npy_atomic(os.path.join(output, SCORES_FILE), scores)
+    write_json_atomic(os.path.join(output, META_FILE), meta)  # written last: marks completion
     shutil.rmtree(shard_dir)
 
 

@@ -62,8 +62,7 @@ def test_dead_or_hung_teacher_stops_the_job_naming_the_rank(fault, models, tiny_
     init, teacher, _, _ = models
     start = time.monotonic()
     proc = run_job(tiny_args(tiny_corpus, tmp_path, **KD, **{
-        **DEDICATED, "teacher.ranks": 1, "teacher.timeout_s": 5, "train.iters": 20,
-        "checkpoint.pretrained": init, "teacher.checkpoint": teacher}), nproc=2,
+        **DEDICATED, "teacher.ranks": 1, "teacher.timeout_s": 5, "checkpoint.pretrained": init, "teacher.checkpoint": teacher}), nproc=2,
         env={"MEGAKD_FAULT_TEACHER": f"{fault}:1"}, check=False, timeout=300)
     assert proc.returncode != 0
     ours = "error: teacher global rank 1 failed or sent nothing for 5 s" in proc.stderr

@@ -68,13 +68,14 @@ def _wait(work, timeout: datetime.timedelta, peer: int, what: str):
                            f"({str(e).splitlines()[0].split('] ')[-1][:120]})") from None
 
 
-def _get(store, key: str, timeout_s: float, who: str) -> str:
-    store.set_timeout(datetime.timedelta(seconds=timeout_s))
+def _get(store, key: str, who: str) -> str:
+    """A start-up record of the other role; waits up to parallel.timeout_minutes (the store's), as
+    start-up (loading, dataset indexing) can take far longer than one step."""
     try:
         return store.get(key).decode()
     except Exception:
-        raise TeacherError(f"no start-up record {key!r} from the {who} within {timeout_s:.0f} s "
-                           f"(teacher.timeout_s); a {who} rank failed during start-up") from None
+        raise TeacherError(f"no start-up record {key!r} from the {who} within "
+                           f"parallel.timeout_minutes; a {who} rank failed during start-up") from None
 
 
 class DedicatedTeacher(TeacherSource):
@@ -111,8 +112,7 @@ class DedicatedTeacher(TeacherSource):
         self.total = sum(per_phase[p] for p, _ in phases(self.cfg, trainer.iteration))
         if self.receives:
             group = trainer.dp_rank % self.cfg.teacher_groups()
-            self.source = int(_get(self.split.store, f"megakd/dedicated/sender/{group}",
-                                   self.cfg.teacher.timeout_s, "teacher"))
+            self.source = int(_get(self.split.store, f"megakd/dedicated/sender/{group}", "teacher"))
             self._post()
 
     def _post(self):
@@ -177,14 +177,13 @@ class TeacherServer:
         self.sender = ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
         if self.sender:
             split.store.set(f"megakd/dedicated/sender/{self.group}", str(split.global_rank))
-        self.plan = json.loads(_get(split.store, _PLAN_KEY, t.timeout_s, "student"))
+        self.plan = json.loads(_get(split.store, _PLAN_KEY, "student"))
         groups = cfg.teacher_groups()
         self.replicas = [r for r in range(self.plan["dp"]) if r % groups == self.group]
         self.dests = {}
         if self.sender:
-            self.dests = {r: [int(_get(split.store, f"megakd/dedicated/dest/{r}/{tp}", t.timeout_s,
-                                       "student")) for tp in range(cfg.parallel.tp)]
-                          for r in self.replicas}
+            self.dests = {r: [int(_get(split.store, f"megakd/dedicated/dest/{r}/{tp}", "student"))
+                              for tp in range(cfg.parallel.tp)] for r in self.replicas}
         tr = cfg.train
         evals = (tr.iters // tr.eval_interval + 1) if tr.eval_interval else 0
         self.train_ds, self.valid_ds = build_datasets(

@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import signal
+import statistics
 import time
 from collections import deque
 from functools import partial
@@ -202,6 +203,7 @@ class TeacherServer:
         train = {r: self._stream(self.train_ds, r, self.plan["consumed_samples"])
                  for r in self.replicas}
         fault = os.environ.get(FAULT_ENV, "")
+        forward_s, drain_s = [], 0.0  # forward time of each training step; time waiting on students
         for n, (phase, index) in enumerate(phases(self.cfg, self.plan["iteration"])):
             if phase == "train":
                 streams, count = train, nmb
@@ -210,7 +212,10 @@ class TeacherServer:
                 streams = {r: self._stream(self.valid_ds, r, start) for r in self.replicas}
                 count = nmb * tr.eval_iters
             batches = [(r, next(streams[r])) for _ in range(count) for r in self.replicas]
+            start = time.perf_counter()
             targets = self._forward([b for _, b in batches])
+            if phase == "train":
+                forward_s.append(time.perf_counter() - start)
             if n == 1 and fault:
                 _inject(fault, self.split.global_rank)
             if self.sender:
@@ -218,7 +223,13 @@ class TeacherServer:
                     self._send(r, batch, target)
                 for r in self.replicas:
                     self.split.store.add(_sent_key(r), count)
+                start = time.perf_counter()
                 self._drain()
+                drain_s += time.perf_counter() - start
+        if self.sender and forward_s:  # is the teacher the bottleneck (forward) or the students (wait)?
+            print(f"[teacher] group {self.group}: {len(forward_s)} steps, forward "
+                  f"{statistics.median(forward_s):.4f} s/step (median), waited for students "
+                  f"{drain_s / len(forward_s):.4f} s/step (mean)", flush=True)
 
     @torch.no_grad()
     def _forward(self, batches: List[dict]) -> List[SparseTarget]:

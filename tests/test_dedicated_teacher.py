@@ -98,3 +98,20 @@ def test_teacher_layout_must_split_its_heads_and_layers():
         _check_layout(model, TeacherConfig(tp=4))
     with pytest.raises(ConfigError, match="teacher.pp=2 does not divide"):
         _check_layout(model, TeacherConfig(pp=2))
+
+
+def test_schedule_follows_the_trainer_loop_and_checksum_sees_order():
+    """Both roles walk `phases` (train steps, evaluations, exit_interval, resume point); a target for
+    other tokens, even the same tokens in another order, fails the checksum."""
+    import torch
+
+    from megakd.teacher.dedicated import phases, token_checksum
+
+    cfg = load_config(None, ["data.prefix=p", "data.tokenizer=t", "train.iters=6",
+                             "train.eval_interval=2", "train.exit_interval=4"])
+    assert list(phases(cfg, 0)) == [("train", 1), ("train", 2), ("valid", 1), ("train", 3),
+                                    ("train", 4), ("valid", 2)]
+    assert list(phases(cfg, 4)) == [("train", 5), ("train", 6), ("valid", 3)]
+    tokens = torch.tensor([[5, 7, 9], [1, 2, 3]])
+    assert token_checksum(tokens) == token_checksum(tokens.clone())
+    assert token_checksum(tokens) != token_checksum(tokens[:, [1, 0, 2]])

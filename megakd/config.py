@@ -152,7 +152,8 @@ class TeacherConfig:
     prefetch: int = 2
     """dedicated: how many student steps of targets the teacher may compute ahead of the students."""
     timeout_s: float = 120.0
-    """dedicated: a teacher (or student) rank silent for this long stops the job, naming the rank."""
+    """dedicated: students waiting this long for a target stop the job, naming the teacher rank
+    (the teacher's wait on students is bounded by parallel.timeout_minutes)."""
 
 
 @dataclass

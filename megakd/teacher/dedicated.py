@@ -14,7 +14,6 @@ import signal
 import statistics
 import time
 from collections import deque
-from functools import partial
 from typing import Dict, Iterator, List, Tuple
 
 import torch
@@ -64,8 +63,9 @@ def _wait(work, timeout: datetime.timedelta, peer: int, what: str):
     try:
         work.wait(timeout)
     except RuntimeError as e:
+        setting = "teacher.timeout_s" if what == "teacher" else "parallel.timeout_minutes"
         raise TeacherError(f"{what} global rank {peer} failed or sent nothing for "
-                           f"{timeout.total_seconds():.0f} s (teacher.timeout_s): it died or hung "
+                           f"{timeout.total_seconds():.0f} s ({setting}): it died or hung "
                            f"({str(e).splitlines()[0].split('] ')[-1][:120]})") from None
 
 
@@ -167,7 +167,6 @@ class TeacherServer:
 
         t = cfg.teacher
         self.cfg, self.split = cfg, split
-        self.timeout = datetime.timedelta(seconds=t.timeout_s)
         self.env = platform.init_model_parallel(t.tp, t.pp, cfg.train.seed, cfg.parallel.timeout_minutes)
         self.tokenizer = MegatronTokenizer(load_tokenizer(cfg.data.tokenizer))
         path = teacher_path(t)
@@ -190,7 +189,10 @@ class TeacherServer:
         self.train_ds, self.valid_ds = build_datasets(
             cfg, self.tokenizer, tr.iters * tr.global_batch_size,
             evals * tr.eval_iters * tr.global_batch_size)
-        self.pending = deque()  # (works, tensors kept alive until sent)
+        self.pending = deque()  # (student rank, works, tensors kept alive until sent)
+        # Students may pause far longer than a step (checkpoint save, evaluation): waiting on them is
+        # bounded by the collective timeout, which a hung student also hits among the students.
+        self.student_timeout = datetime.timedelta(minutes=cfg.parallel.timeout_minutes)
         self.seq = {r: 0 for r in self.replicas}
 
     def _stream(self, dataset, replica: int, consumed: int) -> Iterator[dict]:
@@ -245,7 +247,7 @@ class TeacherServer:
         batch = next(data_iterator)
         output = model(batch["tokens"].to(self.env.device), batch["position_ids"].to(self.env.device),
                        None)
-        return output, partial(self._truncate)
+        return output, self._truncate
 
     def _truncate(self, logits: torch.Tensor, non_loss_data: bool = True) -> SparseTarget:
         k = self.cfg.kd
@@ -273,7 +275,7 @@ class TeacherServer:
         while self.pending:
             dest, works, _ = self.pending.popleft()
             for w in works:
-                _wait(w, self.timeout, dest, "student")
+                _wait(w, self.student_timeout, dest, "student")
 
 
 def _sent_key(replica: int) -> str:

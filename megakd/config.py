@@ -136,7 +136,8 @@ class TeacherConfig:
     hf_path: Optional[str] = None
     """Or a local Hugging Face model directory / .gguf file (converted once, cached in $MEGAKD_CACHE)."""
     placement: Literal["colocated", "dedicated"] = "colocated"
-    """colocated: every student rank runs the teacher at the student's TP (PP=1 only so far).
+    """colocated: every student rank runs its slice of the teacher at the student's TP and PP (the
+    teacher's layers split over the pipeline stages, its hidden states sent with the student's).
     dedicated: the last teacher.ranks processes of the job run the teacher at its own TP/PP, ahead of
     the students, and send them sparse top-k targets (needs kd.top_k; docs/PLACEMENT.md)."""
     ranks: int = 0
@@ -158,8 +159,12 @@ class TeacherConfig:
 
 @dataclass
 class KDConfig:
-    source: Literal["none", "online"] = "none"
-    """none: LM loss only. online: teacher logits computed during training (see teacher.*)."""
+    source: Literal["none", "online", "offline"] = "none"
+    """none: LM loss only. online: teacher logits computed during training (see teacher.*).
+    offline: sparse teacher targets read from kd.store (tools/dump_teacher_logits.py)."""
+    store: Union[str, List[str], None] = None
+    """kd.source=offline: the teacher-logits store directory, or a list of them, one per data.prefix
+    blend member (in blend order). temperature/top_p/top_k must not be looser than the store's."""
     kind: str = "fkl"
     """Divergence: fkl, rkl, sfkl, srkl, jsd, tvd, mse, nll (megakd.losses)."""
     temperature: float = 1.0
@@ -175,6 +180,44 @@ class KDConfig:
     """wsd: fraction of train.iters over which alpha rises from 0 to kd.alpha."""
     alpha_decay: float = 0.1
     """wsd: final fraction of train.iters over which alpha decays to 0."""
+
+
+@dataclass
+class MiniLLMConfig:
+    """Instruction tuning / distillation on prompt-response data (examples/train_minillm.py)."""
+
+    method: Literal["none", "sft", "kd", "seqkd", "minillm"] = "none"
+    """none: not an instruction run. sft: fine-tune on the responses. kd: (1-kd.alpha)*LM +
+    kd.alpha*KD(kd.kind) on the responses. seqkd: sft on the teacher's greedy answers to the training
+    prompts. minillm: reverse KL by policy gradient on the student's own samples."""
+    train_data: Optional[str] = None
+    """jsonl (prompt, response[, system]) or a prefix from tools/preprocess_sft.py."""
+    valid_data: Optional[str] = None
+    """Held-out prompt/response pairs for evaluation (reverse KL, Rouge-L); optional."""
+    max_new_tokens: int = 64
+    """Longest sampled response (rollouts, SeqKD answers, evaluation)."""
+    temperature: float = 1.0
+    """Rollout sampling temperature (the importance weights account for it)."""
+    top_p: float = 1.0
+    """Rollout nucleus sampling (applied to the teacher-mixed distribution)."""
+    teacher_mix: float = 0.2
+    """Sample rollouts from a*p_teacher + (1-a)*q_student with per-token importance weights (0 = off)."""
+    single_step: bool = True
+    """Current-step reward as the exact per-step reverse KL over the vocab (else in the sampled return)."""
+    length_norm: bool = True
+    """Divide the future reward by the number of remaining response tokens."""
+    gamma: float = 0.95
+    """Discount of the future reward."""
+    clip_eps: float = 0.2
+    """PPO clipping of the ratio q_theta / q_old (0 = no clipping)."""
+    ppo_epochs: int = 2
+    """Optimizer steps per rollout batch (the first is on-policy, ratios start at 1)."""
+    lm_coef: float = 0.0
+    """Weight of the LM loss on pre-training data (data.prefix) added to the MiniLLM loss (0 = off)."""
+    eval_interval: int = 0
+    """Evaluate (reverse KL to the teacher on valid_data) every N iterations (0 = only at the end)."""
+    eval_seed: int = 0
+    """Sampling seed of the on-policy evaluation (same prompts, same seed at every evaluation)."""
 
 
 @dataclass
@@ -197,6 +240,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     kd: KDConfig = field(default_factory=KDConfig)
+    minillm: MiniLLMConfig = field(default_factory=MiniLLMConfig)
 
     def validate(self, world_size: Optional[int] = None) -> "Config":
         """Cross-field checks; raises ConfigError naming the keys to change."""
@@ -239,6 +283,9 @@ class Config:
         if m.init_from_hf and self.checkpoint.pretrained:
             raise ConfigError("set only one of model.init_from_hf and checkpoint.pretrained")
         self._validate_kd()
+        if self.minillm.method != "none":
+            self._validate_minillm()
+            return self
         if self.data.prefix is None:
             raise ConfigError("data.prefix is not set; point it at a <prefix> with .bin/.idx "
                               "(make one with tools/preprocess_data.py)")
@@ -262,9 +309,19 @@ class Config:
             if (tch.checkpoint is None) == (tch.hf_path is None):
                 raise ConfigError("kd.source=online needs exactly one of teacher.checkpoint and "
                                   "teacher.hf_path")
-            if self.parallel.pp > 1 and tch.placement == "colocated":
-                raise ConfigError("a co-located teacher with parallel.pp > 1 is not supported yet; "
-                                  "use parallel.pp=1 (TP and DP work) or teacher.placement=dedicated")
+            p = self.parallel
+            if tch.placement == "colocated" and p.pp > 1 and p.sequence_parallel:
+                raise ConfigError("a co-located teacher with parallel.pp > 1 does not support "
+                                  "parallel.sequence_parallel yet; set it to false")
+        if k.source == "offline":
+            from megakd.data.gpt import parse_blend
+
+            prefixes = parse_blend(self.data.prefix)[0] if self.data.prefix is not None else [None]
+            stores = [k.store] if isinstance(k.store, str) else k.store or []
+            if len(stores) != len(prefixes):
+                raise ConfigError(f"kd.source=offline needs kd.store: one store directory per "
+                                  f"data.prefix dataset ({len(prefixes)}), got {len(stores)}; dump "
+                                  f"them with tools/dump_teacher_logits.py")
         if tch.placement == "dedicated":
             self._validate_dedicated()
 
@@ -303,6 +360,34 @@ class Config:
                               f"student data-parallel replicas; teacher.sharing={tch.sharing} needs "
                               f"{'exactly' if tch.sharing == 'per_replica' else 'at most'} {dp}")
         return students
+
+    def _validate_minillm(self):
+        mm = self.minillm
+        if mm.train_data is None:
+            raise ConfigError(f"minillm.method={mm.method} needs minillm.train_data (a jsonl of "
+                              f"prompt/response records or a tools/preprocess_sft.py prefix)")
+        if self.data.tokenizer is None:
+            raise ConfigError("data.tokenizer is not set; point it at a local Hugging Face tokenizer dir")
+        if mm.method != "sft" and (self.teacher.checkpoint is None) == (self.teacher.hf_path is None):
+            raise ConfigError(f"minillm.method={mm.method} needs exactly one of teacher.checkpoint "
+                              f"and teacher.hf_path")
+        if mm.method == "minillm" and mm.lm_coef > 0 and self.data.prefix is None:
+            raise ConfigError("minillm.lm_coef > 0 needs pre-training data in data.prefix "
+                              "(or set minillm.lm_coef=0)")
+        if self.parallel.pp > 1:
+            raise ConfigError("instruction training (minillm.method) runs at parallel.pp=1 only; "
+                              "use tensor and data parallelism")
+        if self.checkpoint.load:
+            raise ConfigError("instruction training cannot resume (checkpoint.load); start from "
+                              "weights with checkpoint.pretrained")
+        if not 0.0 <= mm.teacher_mix < 1.0:
+            raise ConfigError(f"minillm.teacher_mix={mm.teacher_mix} must be in [0, 1)")
+        if not 0.0 < mm.top_p <= 1.0 or mm.temperature <= 0:
+            raise ConfigError("minillm.top_p must be in (0, 1] and minillm.temperature > 0")
+        if not 0.0 <= mm.gamma <= 1.0 or mm.clip_eps < 0:
+            raise ConfigError("minillm.gamma must be in [0, 1] and minillm.clip_eps >= 0")
+        if mm.ppo_epochs < 1 or mm.max_new_tokens < 1:
+            raise ConfigError("minillm.ppo_epochs and minillm.max_new_tokens must be >= 1")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -9,6 +9,7 @@ at `consumed_samples` continues the exact stream.
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Tuple
 
+import numpy
 import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
@@ -78,9 +79,69 @@ def _check_splits(config: GPTDatasetConfig, wanted: dict) -> None:
                                 f"data.split=90,10,0) or set train.eval_interval=0")
 
 
+def _memmapped_indices(ds) -> None:
+    """megatron-core maps its index files lazily on first __getitem__ (when loaded from cache)."""
+    if isinstance(ds, GPTDataset) and ds.shuffle_index is None:
+        ds.shuffle_index = numpy.load(ds.path_to_shuffle_index, allow_pickle=True, mmap_mode="r")
+        ds.sample_index = numpy.load(ds.path_to_sample_index, allow_pickle=True, mmap_mode="r")
+        ds.document_index = numpy.load(ds.path_to_document_index, allow_pickle=True, mmap_mode="r")
+    elif not isinstance(ds, GPTDataset) and ds.dataset_index is None:  # BlendedDataset
+        ds.dataset_index = numpy.load(ds.path_to_dataset_index, allow_pickle=True, mmap_mode="r")
+        ds.dataset_sample_index = numpy.load(ds.path_to_dataset_sample_index, allow_pickle=True,
+                                             mmap_mode="r")
+
+
+def sample_keys(dataset, index: int) -> Tuple[int, numpy.ndarray, numpy.ndarray]:
+    """(source, doc ids [s], offsets [s]): where each input token of sample `index` sits in the
+    indexed dataset. `source` is the blend member (0 without a blend); padding gets doc -1.
+
+    Walks megatron-core's shuffle_index -> sample_index -> document_index exactly as
+    `GPTDataset._query_document_sample_shuffle_indices` does (samples span documents), so the key of
+    token i is the (document, offset) whose token it reads; the offline store is keyed the same way."""
+    _memmapped_indices(dataset)
+    source = 0
+    if not isinstance(dataset, GPTDataset):
+        source = int(dataset.dataset_index[index])
+        index = int(dataset.dataset_sample_index[index])
+        dataset = dataset.datasets[source]
+        _memmapped_indices(dataset)
+    seq, extra = dataset.config.sequence_length, int(dataset.config.add_extra_token_to_sequence)
+    i = dataset.shuffle_index[index]
+    (beg, beg_off), (end, end_off) = dataset.sample_index[i], dataset.sample_index[i + 1]
+    docs, offsets = [], []
+    for j in range(int(beg), int(end) + 1):
+        doc = int(dataset.document_index[j])
+        start = int(beg_off) if j == beg else 0
+        stop = int(end_off) + extra if j == end else int(dataset.dataset.sequence_lengths[doc])
+        docs.append(numpy.full(stop - start, doc, dtype=numpy.int64))
+        offsets.append(numpy.arange(start, stop, dtype=numpy.int64))
+    doc, offset = numpy.concatenate(docs)[:seq], numpy.concatenate(offsets)[:seq]
+    pad = seq - len(doc)
+    return (source, numpy.concatenate([doc, numpy.full(pad, -1, dtype=numpy.int64)]),
+            numpy.concatenate([offset, numpy.zeros(pad, dtype=numpy.int64)]))
+
+
+class _Keyed(torch.utils.data.Dataset):
+    """A GPT/blended dataset whose samples also carry their tokens' keys (doc, offset, source)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        source, doc, offset = sample_keys(self.dataset, index)
+        return {**self.dataset[index], "doc": doc, "offset": offset,
+                "source": numpy.full(len(doc), source, dtype=numpy.int64)}
+
+
 @dataclass
 class BatchStream:
-    """Micro-batches of one data-parallel rank, starting after `consumed_samples` global samples."""
+    """Micro-batches of one data-parallel rank, starting after `consumed_samples` global samples.
+
+    keys=True adds `doc`, `offset`, `source` [b, s] (see `sample_keys`): what the offline teacher
+    store is looked up with."""
 
     dataset: object
     micro_batch_size: int
@@ -88,6 +149,7 @@ class BatchStream:
     dp_size: int
     consumed_samples: int = 0
     num_workers: int = 0
+    keys: bool = False
 
     def __iter__(self) -> Iterator[dict]:
         step = self.micro_batch_size * self.dp_size
@@ -100,11 +162,11 @@ class BatchStream:
                 i += step
 
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=indices(), num_workers=self.num_workers,
+            _Keyed(self.dataset) if self.keys else self.dataset, batch_sampler=indices(), num_workers=self.num_workers,
             persistent_workers=False, collate_fn=_collate)
         return iter(loader)
 
 
 def _collate(samples: List[dict]) -> dict:
-    keys = ("tokens", "labels", "loss_mask", "position_ids")
-    return {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in keys}
+    keys = ("tokens", "labels", "loss_mask", "position_ids", "doc", "offset", "source")
+    return {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in keys if k in samples[0]}

@@ -37,6 +37,19 @@ def teacher_path(t: TeacherConfig) -> str:
     return t.checkpoint or hf_checkpoint(t.hf_path, model_config_from_hf(t.hf_path))
 
 
+def check_layout(path: str, m, parallel: ParallelConfig):
+    """One-line errors for a teacher (ModelConfig `m`) that cannot be split at `parallel`."""
+    groups = m.num_query_groups or m.num_attention_heads
+    if m.num_attention_heads % parallel.tp or groups % parallel.tp:
+        raise ConfigError(f"teacher {path} has {m.num_attention_heads} attention heads in {groups} "
+                          f"query groups, which tp={parallel.tp} does not divide (a co-located "
+                          f"teacher runs at the student's parallel.tp); use a tp that divides {groups}")
+    if m.num_layers % parallel.pp:
+        raise ConfigError(f"teacher {path} has {m.num_layers} layers, which pp={parallel.pp} does not divide "
+                          f"(a co-located teacher's layers are split over the student's parallel.pp "
+                          f"stages); use a pp that divides {m.num_layers}")
+
+
 def load_teacher(path: str, parallel: ParallelConfig, tokenizer, tokenizer_path: str,
                  padded_vocab: Optional[int] = None):
     """The teacher model (eval, frozen) of checkpoint `path` at layout `parallel`.
@@ -45,8 +58,9 @@ def load_teacher(path: str, parallel: ParallelConfig, tokenizer, tokenizer_path:
     one) or with more token ids than the student's tokenizer. `padded_vocab`: the student's padded
     vocab, required equal when dense logits are compared shard by shard (co-located); sparse targets
     (global ids) do not care about Megatron's padding, so dedicated/offline pass None."""
-    from megakd.convert import load_checkpoint_model
+    from megakd.convert import load_checkpoint_model, read_checkpoint_config
 
+    check_layout(path, read_checkpoint_config(path)[0], parallel)
     teacher, common = load_checkpoint_model(path, parallel)
     mine = vocab_fingerprint(tokenizer.hf_tokenizer)
     theirs = common.get("tokenizer", {})  # recorded by the trainer; absent in HF conversions

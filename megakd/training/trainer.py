@@ -24,7 +24,7 @@ from megakd import platform
 from megakd.config import Config
 from megakd.data.gpt import BatchStream, build_datasets
 from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer, vocab_fingerprint
-from megakd.losses import SparseTarget, distill_loss, schedules
+from megakd.losses import distill_loss, schedules
 from megakd.models import build_model
 from megakd.training import checkpoint
 from megakd import teacher as teacher_source
@@ -66,12 +66,17 @@ class Trainer:
         self.scheduler = build_scheduler(cfg, self.optimizer)
         mconfig = self.model.config
         mconfig.no_sync_func = self.ddp.no_sync
-        mconfig.finalize_model_grads_func = finalize_model_grads
+        # The schedule may run a wrapper around the DDP model (TeacherSource.pipeline): the grads
+        # to finalize are always the student's.
+        mconfig.finalize_model_grads_func = \
+            lambda _model, *args, **kwargs: finalize_model_grads([self.ddp], *args, **kwargs)
         mconfig.grad_scale_func = self.optimizer.scale_loss
 
         self.teacher = teacher_source.build(self) if cfg.kd.source != "none" else None
+        self.schedule_model, self.adjust_shapes = self.ddp, None
         if self.teacher is not None:
             self.loss_keys = ["lm loss", "kd loss", "loss"]
+            self.schedule_model, self.adjust_shapes = self.teacher.pipeline(self.ddp)
 
         self.iteration = 0
         self.consumed_samples = 0
@@ -82,8 +87,7 @@ class Trainer:
         self.train_ds, self.valid_ds = build_datasets(
             cfg, self.tokenizer, t.iters * t.global_batch_size,
             evals * t.eval_iters * t.global_batch_size)
-        self.train_iter = iter(BatchStream(self.train_ds, t.micro_batch_size, self.dp_rank,
-                                           self.dp_size, self.consumed_samples, cfg.data.num_workers))
+        self.train_iter = self._batches(self.train_ds, self.consumed_samples)
         if self.teacher is not None:
             self.teacher.start(self)
         is_logger = self.env.rank == 0
@@ -127,27 +131,34 @@ class Trainer:
                         self.scheduler, common)
 
     # ------------------------------------------------------------------ steps
+    def _batches(self, dataset, consumed_samples: int) -> Iterator[dict]:
+        """This DP rank's micro-batches from `consumed_samples` on (with token keys and the teacher
+        source's prefetching when it asks for them)."""
+        stream = iter(BatchStream(dataset, self.cfg.train.micro_batch_size, self.dp_rank,
+                                  self.dp_size, consumed_samples, self.cfg.data.num_workers,
+                                  keys=self.teacher is not None and self.teacher.needs_keys))
+        return self.teacher.batches(stream) if self.teacher is not None else stream
+
     def forward_step(self, data_iterator: Iterator[dict], model):
-        batch = {k: v.to(self.env.device) for k, v in next(data_iterator).items()}
+        batch = {k: v.to(self.env.device) if torch.is_tensor(v) else v
+                 for k, v in next(data_iterator).items()}
         tokens, positions, labels = batch["tokens"], batch["position_ids"], batch["labels"]
-        if self.teacher is None:
-            output = model(tokens, positions, None, labels=labels)  # per-token CE, vocab-parallel
+        if self.teacher is None or not ps.is_pipeline_last_stage():
+            # per-token CE (vocab-parallel) on the last stage, hidden states on the others
+            output = model(tokens, positions, None, labels=labels)
             return output, partial(self.loss_func, batch["loss_mask"])
         # KD: the student's vocab-sharded logits feed both the LM loss and the fused KD loss.
         logits = model(tokens, positions, None)  # [b, s, V/TP]
-        if not ps.is_pipeline_last_stage():  # hidden states for the next stage; no loss here
-            return logits, partial(self.loss_func, batch["loss_mask"])
         target = self.teacher.targets(batch)  # dense logits or a SparseTarget
         # A copy, never a view (with micro_batch_size 1 the transpose is already contiguous):
         # megatron's vocab-parallel CE edits its input in place, and KD reads `logits` after it.
         lm = self.model.compute_language_model_loss(
             labels, logits.transpose(0, 1).clone(memory_format=torch.contiguous_format))
         k = self.cfg.kd
-        # A SparseTarget arrives truncated by kd.top_p/top_k already; truncating it again is not a
-        # no-op (top-p of a renormalised distribution keeps fewer tokens).
-        sparse = isinstance(target, SparseTarget)
+        # Dense teacher logits are truncated here; a SparseTarget arrives truncated by its source.
+        dense = torch.is_tensor(target)
         kd = distill_loss(logits, target, kind=k.kind, temperature=k.temperature,
-                          top_p=1.0 if sparse else k.top_p, top_k=0 if sparse else k.top_k,
+                          top_p=k.top_p if dense else 1.0, top_k=k.top_k if dense else 0,
                           tp_group=ps.get_tensor_model_parallel_group(), loss_mask=batch["loss_mask"])
         return torch.stack([lm.float(), kd]), partial(self.loss_func, batch["loss_mask"])
 
@@ -178,9 +189,10 @@ class Trainer:
     def _run(self, data_iter, forward_only: bool) -> List[Dict[str, torch.Tensor]]:
         t = self.cfg.train
         return self.forward_backward(
-            forward_step_func=self.forward_step, data_iterator=data_iter, model=[self.ddp],
-            num_microbatches=self.num_microbatches, seq_length=t.seq_length,
-            micro_batch_size=t.micro_batch_size, forward_only=forward_only)
+            forward_step_func=self.forward_step, data_iterator=data_iter,
+            model=[self.schedule_model], num_microbatches=self.num_microbatches,
+            seq_length=t.seq_length, micro_batch_size=t.micro_batch_size, forward_only=forward_only,
+            adjust_tensor_shapes_fn=self.adjust_shapes)
 
     def _reduce(self, stats: List[Dict[str, torch.Tensor]]) -> Dict[str, float]:
         """Per-microbatch [sum, count] pairs -> global per-token means, known on every rank."""
@@ -212,9 +224,7 @@ class Trainer:
     def evaluate(self) -> Dict[str, float]:
         t = self.cfg.train
         done = self.iteration // t.eval_interval
-        stream = BatchStream(self.valid_ds, t.micro_batch_size, self.dp_rank, self.dp_size,
-                             (done - 1) * t.eval_iters * t.global_batch_size)
-        valid_iter = iter(stream)
+        valid_iter = self._batches(self.valid_ds, (done - 1) * t.eval_iters * t.global_batch_size)
         for m in self.ddp.modules():
             m.eval()
         stats = []

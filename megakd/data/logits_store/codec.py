@@ -6,13 +6,12 @@ A row is one token position: its kept entries (vocab id, probability). Per row:
     distribution has KL(stored || exact) <= max_kl, so peaked rows cost few bits and flat ones stay
     exact enough. (Rounding sqrt(p) bounds the relative error of large and small p alike:
     KL ~ 2 * sum(dq^2) / L^2.)
-  * entries are ordered by q descending, ties by id rank ascending; q is coded as differences from
-    the previous entry (mostly 0 or 1), the id as its rank in a per-store table (ids sorted by
-    frequency in the dataset, so frequent tokens get small numbers), coded as a difference from the
-    previous entry of the same q.
-A block of rows stores four streams (entries per row, ladder index, q differences, rank codes),
-each as the byte planes of fixed-width integers (the high planes are nearly all zero), compressed
-together by zlib or lzma, with a CRC32 of the stored bytes.
+  * ids are coded as a set: their ranks in the shard's table (ids by how often the teacher kept
+    them, so frequent ids get small numbers) in ascending order, as gaps; q follows in that order.
+    Reading sorts each row back by probability (then id).
+A block of rows stores three streams (entries per row, q, rank gaps), each as the byte
+planes of fixed-width integers (the high planes are nearly all zero), compressed together by zlib
+or lzma, with a CRC32 of the stored bytes.
 """
 
 from __future__ import annotations
@@ -25,8 +24,14 @@ from typing import Tuple
 
 import numpy as np
 
-# Ladder of grid sizes L (levels per unit of sqrt(p)): x sqrt(2) per step.
-LADDER = np.round(4.0 * np.sqrt(2.0) ** np.arange(40)).astype(np.float64)
+# Ladder of grid sizes L (levels per unit of sqrt(p)): x 2^(1/4) per step, up to ~2^20.
+LADDER = np.round(4.0 * 2.0 ** (np.arange(72) / 4.0)).astype(np.float64)
+MIN_KL = 1e-6
+
+
+def _kl_target(max_kl: float) -> float:
+    """Aim a little under max_kl: the float32 log-probs handed out add rounding (~1e-8 nats)."""
+    return max_kl * (1 - 1e-3) - 1e-7
 CODECS = ("zlib", "lzma")
 _HEAD = struct.Struct("<IIBBBBI")  # rows, entries, width of counts / q diffs / ranks, codec, crc
 
@@ -61,34 +66,30 @@ def _segment_ids(counts: np.ndarray) -> np.ndarray:
 
 
 def _segment_sum(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(counts), dtype=values.dtype)
-    np.add.at(out, _segment_ids(counts), values)
-    return out
+    return np.bincount(_segment_ids(counts), weights=values, minlength=len(counts))
 
 
-def quantise(rows: Rows, max_kl: float) -> Tuple[np.ndarray, np.ndarray]:
-    """Per row the ladder index g and per entry q >= 1 (entry order as given): the coarsest grid
-    whose renormalised q^2 distribution is within max_kl (KL(stored || exact)) of the exact row."""
-    n = len(rows.counts)
+def quantise(rows: Rows, max_kl: float) -> np.ndarray:
+    """q >= 1 per entry (entry order as given), on each row's coarsest grid of the ladder whose
+    renormalised q^2 distribution is within max_kl (KL(stored || exact)) of the exact row.
+    Bisection over the ladder (KL falls as L grows), every row at once."""
     seg = _segment_ids(rows.counts)
     logp = rows.logprobs.astype(np.float64)
     logp = logp - np.log(_segment_sum(np.exp(logp), rows.counts))[seg]  # exact, renormalised
     s = np.exp(0.5 * logp)
-    grid = np.full(n, len(LADDER) - 1, dtype=np.int64)
-    todo = np.ones(n, dtype=bool)
-    for g, L in enumerate(LADDER):
-        q = np.maximum(1.0, np.round(s * L))
-        q2 = q * q
-        logz = np.log(_segment_sum(q2, rows.counts))
-        stored = np.log(q2) - logz[seg]
-        kl = _segment_sum(np.exp(stored) * (stored - logp), rows.counts)
-        ok = todo & (kl <= max_kl)
-        grid[ok] = g
-        todo &= ~ok
-        if not todo.any():
-            break
-    q = np.maximum(1.0, np.round(s * LADDER[grid][seg])).astype(np.int64)
-    return grid, q
+
+    def q_kl(g):
+        q = np.maximum(1.0, np.round(s * LADDER[g][seg]))
+        stored = 2 * np.log(q) - np.log(_segment_sum(q * q, rows.counts))[seg]
+        return q, _segment_sum(np.exp(stored) * (stored - logp), rows.counts)
+
+    lo = np.full(len(rows.counts), -1)  # grids known to miss the bound (or none)
+    hi = np.full(len(rows.counts), len(LADDER) - 1)  # grids known to meet it
+    while (hi - lo > 1).any():
+        mid = np.where(hi - lo > 1, (lo + hi) // 2, hi)
+        ok = q_kl(mid)[1] <= _kl_target(max_kl)
+        hi, lo = np.where(ok, mid, hi), np.where(ok, lo, mid)
+    return q_kl(hi)[0].astype(np.int64)
 
 
 def dequantise(counts: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -122,29 +123,32 @@ def _segmented_cumsum(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
 
 
 def encode_block(rows: Rows, rank_of, max_kl: float, codec: str = "zlib") -> bytes:
-    """Rows -> stored block bytes. `rank_of(ids) -> ranks` maps vocab ids to the store's id ranks."""
+    """Rows -> stored block bytes. `rank_of(ids) -> ranks` maps vocab ids to the shard's id ranks."""
     counts = rows.counts.astype(np.int64)
-    grid, q = quantise(rows, max_kl)
-    seg = _segment_ids(counts)
+    q = quantise(rows, max_kl)
     ranks = rank_of(rows.ids)
-    order = np.lexsort((ranks, -q, seg))  # by row, q descending, rank ascending
+    order = np.lexsort((ranks, _segment_ids(counts)))  # by row, rank ascending
     q, ranks = q[order], ranks[order]
-    first = np.zeros(len(q), dtype=bool)
-    first[rows.starts[:-1][counts > 0]] = True
-    dq = np.where(first, q, np.roll(q, 1) - q)
-    same_group = ~first & (dq == 0)
-    rank_code = np.where(same_group, ranks - np.roll(ranks, 1), ranks)
+    first = _row_firsts(counts, len(q))
+    gaps = np.where(first, ranks, ranks - np.roll(ranks, 1) - 1)
     wc, pc = _planes(counts)
-    wq, pq = _planes(dq)
-    wr, pr = _planes(rank_code)
-    payload = pc + grid.astype(np.uint8).tobytes() + pq + pr
+    wq, pq = _planes(q)
+    wr, pr = _planes(gaps)
+    payload = pc + pq + pr  # (L is not stored: q^2 / sum(q^2) does not depend on it)
     packed = zlib.compress(payload, 9) if codec == "zlib" else lzma.compress(payload, preset=9)
     head = _HEAD.pack(len(counts), len(q), wc, wq, wr, CODECS.index(codec), zlib.crc32(packed))
     return head + packed
 
 
+def _row_firsts(counts: np.ndarray, m: int) -> np.ndarray:
+    first = np.zeros(m, dtype=bool)
+    first[(np.cumsum(counts) - counts)[counts > 0]] = True
+    return first
+
+
 def decode_block(block: bytes, id_of) -> Rows:
-    """Stored block bytes -> Rows; `id_of(ranks) -> ids` inverts the rank table. Raises CorruptBlock."""
+    """Stored block bytes -> Rows, each row by probability descending; `id_of(ranks) -> ids`
+    inverts the rank table. Raises CorruptBlock."""
     if len(block) < _HEAD.size:
         raise CorruptBlock("truncated block header")
     n, m, wc, wq, wr, codec, crc = _HEAD.unpack_from(block)
@@ -155,22 +159,17 @@ def decode_block(block: bytes, id_of) -> Rows:
         payload = zlib.decompress(packed) if codec == 0 else lzma.decompress(packed)
     except (zlib.error, lzma.LZMAError) as e:
         raise CorruptBlock(f"cannot decompress ({e})") from e
-    if len(payload) != n * wc + n + m * (wq + wr):
+    if len(payload) != n * wc + m * (wq + wr):
         raise CorruptBlock("payload size mismatch")
     view = memoryview(payload)
     counts = _unplanes(view, n, wc)
-    grid = np.frombuffer(view[n * wc:], dtype=np.uint8, count=n)
-    off = n * wc + n
-    dq = _unplanes(view[off:], m, wq)
-    codes = _unplanes(view[off + m * wq:], m, wr)
-    if counts.sum() != m or (grid >= len(LADDER)).any():
-        raise CorruptBlock("inconsistent row counts")
-    first = np.zeros(m, dtype=bool)
-    first[np.cumsum(counts)[counts > 0] - counts[counts > 0]] = True
-    # q = the row's first q minus the running sum of differences inside the row
-    q = _segmented_cumsum(np.where(first, dq, -dq), first)
-    # ranks: running sums inside groups, a group starting at each row start and wherever q changed
-    ranks = _segmented_cumsum(codes, first | (dq != 0))
-    if m and (q.min() < 1):
-        raise CorruptBlock("bad quantised value")
-    return Rows(counts, id_of(ranks), dequantise(counts, q))
+    off = n * wc
+    q = _unplanes(view[off:], m, wq)
+    gaps = _unplanes(view[off + m * wq:], m, wr)
+    if counts.sum() != m or (m and q.min() < 1):
+        raise CorruptBlock("inconsistent rows")
+    first = _row_firsts(counts, m)
+    ranks = _segmented_cumsum(gaps + ~first, first) if m else gaps
+    ids = id_of(ranks)
+    order = np.lexsort((ids, -q, _segment_ids(counts)))  # equal q: by id, whatever the table
+    return Rows(counts, ids[order], dequantise(counts, q[order]))

@@ -45,7 +45,7 @@ class DumpArgs:
     codec: str = "zlib"
     max_kl: float = 1e-3
     block_rows: int = 1024
-    shard_tokens: int = 1 << 18
+    shard_tokens: int = 1 << 17
     progress: bool = True
     timeout_minutes: float = 60.0
 
@@ -149,7 +149,7 @@ def dump_shard(model, tokens, first: int, num: int, lengths: np.ndarray, args: D
 
 
 def _prepare(args: DumpArgs, meta: st.StoreMeta) -> bool:
-    """Rank 0 creates the output (settings file, id ranks); every rank checks a previous run there
+    """Rank 0 creates the output and its settings file; every rank checks a previous run there
     used the same settings. True when the store is already complete."""
     manifest = os.path.join(args.output, st.MANIFEST)
     run_file = os.path.join(args.output, RUN_FILE)
@@ -161,7 +161,6 @@ def _prepare(args: DumpArgs, meta: st.StoreMeta) -> bool:
             if not os.path.isfile(run_file) and not os.path.isfile(manifest):
                 if any(n.startswith("shard-") for n in os.listdir(args.output)):
                     raise StoreError(f"{args.output} holds shards but no {RUN_FILE}; delete it or pass another --output")
-                st.save_id_order(args.output, st.id_order_of(args.data_prefix, meta.vocab_size))
                 write_json_atomic(run_file, want)
         except (StoreError, OSError) as e:
             box[0] = StoreError(str(e)) if isinstance(e, OSError) else e
@@ -182,7 +181,14 @@ def _prepare(args: DumpArgs, meta: st.StoreMeta) -> bool:
     return False
 
 
-def dump(args: DumpArgs) -> st.StoreMeta:
+@dataclass
+class DumpResult:
+    meta: st.StoreMeta
+    tokens: int  # tokens this rank dumped now (0 when the store was already complete)
+    seconds: float  # wall time of this rank's loop (forwards, truncation, encoding, shard writes)
+
+
+def dump(args: DumpArgs) -> DumpResult:
     """Dump the teacher's truncated distributions over `args.data_prefix` into `args.output`."""
     from megatron.core import parallel_state as ps
     from tqdm import tqdm
@@ -200,6 +206,9 @@ def dump(args: DumpArgs) -> st.StoreMeta:
     env = platform.init_model_parallel(args.tp, 1, seed=0, timeout_minutes=args.timeout_minutes)
     path = teacher_path(TeacherConfig(checkpoint=args.teacher, hf_path=args.teacher_hf))
     model = load_teacher(path, ParallelConfig(tp=args.tp), tokenizer, args.tokenizer)
+    if model.position_embedding_type == "learned_absolute" and args.window > model.max_sequence_length:
+        raise ConfigError(f"--window {args.window} exceeds the {model.max_sequence_length} positions "
+                          f"teacher {path} has learned; pass --window {model.max_sequence_length} or less")
     meta = dataclasses.replace(
         meta, vocab_size=tokenizer.vocab_size, vocab_fingerprint=vocab_fingerprint(tokenizer.hf_tokenizer),
         tokenizer=os.path.abspath(args.tokenizer),
@@ -210,10 +219,9 @@ def dump(args: DumpArgs) -> st.StoreMeta:
     if _prepare(args, meta):
         if env.rank == 0:
             print(f"{args.output}: already complete ({meta.num_tokens:,} tokens)", flush=True)
-        return meta
+        return DumpResult(meta, 0, 0.0)
 
     plan = st.shard_plan(lengths, args.shard_tokens)
-    ranks = st.IdRanks(np.load(os.path.join(args.output, st.ID_ORDER)))
     is_writer = ps.get_tensor_model_parallel_rank() == 0
     mine = assigned(len(plan), ps.get_data_parallel_world_size(), ps.get_data_parallel_rank(),
                     lambda k: os.path.isfile(os.path.join(args.output, st.shard_file(k))))
@@ -225,13 +233,8 @@ def dump(args: DumpArgs) -> st.StoreMeta:
     start, written = time.perf_counter(), 0
     for k in mine:
         first, num = plan[k]
-        writer = st.ShardWriter(os.path.join(args.output, st.shard_file(k)), ranks, meta) if is_writer else None
-        try:
-            dump_shard(model, tokens, first, num, lengths, args, meta.vocab_size, env.device, writer, bar)
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            raise
+        writer = st.ShardWriter(os.path.join(args.output, st.shard_file(k)), meta) if is_writer else None
+        dump_shard(model, tokens, first, num, lengths, args, meta.vocab_size, env.device, writer, bar)
         if writer is not None:
             writer.close()
             written += 1
@@ -246,4 +249,4 @@ def dump(args: DumpArgs) -> st.StoreMeta:
         print(f"dumped {meta.num_tokens:,} tokens of {meta.num_docs:,} documents -> {args.output} "
               f"({size / meta.num_tokens:.1f} B/token; {todo:,} tokens on rank 0 in {elapsed:.1f} s)", flush=True)
     dist.barrier()
-    return meta
+    return DumpResult(meta, todo, elapsed)

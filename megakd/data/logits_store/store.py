@@ -2,10 +2,10 @@
 
 A store is a directory:
   store.json         format, StoreMeta, the shard list; written last (its presence = complete)
-  id_order.npy       vocab ids by frequency in the dataset (the codec's id ranks)
   shard-NNNNNN.bin   the rows of a contiguous range of documents: codec blocks of `block_rows`
-                     rows, then a footer (block table + its CRC32 + magic); written to a temp name
-                     and renamed when complete
+                     rows, the shard's id table (ids by how often the teacher kept them: the
+                     codec's ranks), the block table, a footer (sizes, CRC32, magic); written to
+                     a temp name and renamed when complete
 Rows are keyed by (document id, token offset) of the indexed dataset: row r of document d is
 p_teacher(next token | d[:r+1]), so any layout, batch size or sequence length can read them.
 The shard plan depends only on the dataset and `shard_tokens`, never on the number of ranks, so a
@@ -26,13 +26,13 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from megakd.data.logits_store import codec
-from megakd.data.shards import save_npy_atomic, write_json_atomic
+from megakd.data.shards import write_json_atomic
 from megakd.errors import StoreError
 
 FORMAT = "megakd.logits_store/1"
-MANIFEST, ID_ORDER = "store.json", "id_order.npy"
-_FOOTER = struct.Struct("<QI8s")  # block count, CRC32 of the block table, magic
-_MAGIC = b"MKDLS01\0"
+MANIFEST = "store.json"
+_FOOTER = struct.Struct("<QQI8s")  # block count, id-table bytes, CRC32 of id + block tables, magic
+_MAGIC = b"MKDLS02\0"
 _REDUMP = "rerun tools/dump_teacher_logits.py with the same arguments (it redoes missing shards)"
 
 
@@ -56,7 +56,7 @@ class StoreMeta:
     codec: str = "zlib"
     max_kl: float = 1e-3
     block_rows: int = 1024
-    shard_tokens: int = 1 << 20
+    shard_tokens: int = 1 << 17
 
     def validate(self) -> None:
         if self.codec not in codec.CODECS:
@@ -64,15 +64,16 @@ class StoreMeta:
         if self.top_k < 1 or self.vocab_size < 1:
             raise StoreError(f"a store needs top_k >= 1 and vocab_size >= 1 (got {self.top_k}, "
                              f"{self.vocab_size}); set --top-k")
-        if not self.max_kl > 0 or self.block_rows < 1 or self.shard_tokens < 1:
-            raise StoreError("max_kl must be > 0, block_rows and shard_tokens >= 1")
+        if not self.max_kl >= codec.MIN_KL or self.block_rows < 1 or self.shard_tokens < 1:
+            raise StoreError(f"need max_kl >= {codec.MIN_KL}, block_rows >= 1 and shard_tokens >= 1 "
+                             f"(got {self.max_kl}, {self.block_rows}, {self.shard_tokens})")
 
 
 # ------------------------------------------------------------------------------------ id ranks
 
 class IdRanks:
-    """Vocab id <-> rank: ids seen in the dataset by frequency (then id), every other id after them
-    in id order. Works for any id < 2^63 without a vocab-sized table."""
+    """Vocab id <-> rank: the ids of `order` (a shard's kept ids, most frequent first) get their
+    position, every other id comes after them in id order. Any id < 2^63, no vocab-sized table."""
 
     def __init__(self, order: np.ndarray):
         self.order = order.astype(np.int64)
@@ -95,28 +96,6 @@ class IdRanks:
         return np.where(e < 0, self.order[np.clip(ranks, 0, len(self.order) - 1)], unseen)
 
 
-def id_order_of(prefix: str, vocab_size: int, chunk: int = 1 << 24) -> np.ndarray:
-    """Token ids of the dataset by descending frequency (ties: smaller id first)."""
-    from megakd.data.indexed import all_tokens
-
-    tokens = all_tokens(prefix)
-    if vocab_size <= 1 << 26:
-        freq = np.zeros(vocab_size, dtype=np.int64)
-        for a in range(0, len(tokens), chunk):
-            freq += np.bincount(np.asarray(tokens[a:a + chunk], dtype=np.int64), minlength=vocab_size)[:vocab_size]
-        ids = np.flatnonzero(freq)
-        freq = freq[ids]
-    else:
-        counts = {}
-        for a in range(0, len(tokens), chunk):
-            u, c = np.unique(np.asarray(tokens[a:a + chunk]), return_counts=True)
-            for i, n in zip(u.tolist(), c.tolist()):
-                counts[i] = counts.get(i, 0) + n
-        ids = np.array(sorted(counts), dtype=np.int64)
-        freq = np.array([counts[i] for i in ids.tolist()], dtype=np.int64)
-    return ids[np.lexsort((ids, -freq))]
-
-
 # ------------------------------------------------------------------------------------ layout
 
 def shard_plan(lengths: np.ndarray, shard_tokens: int) -> List[Tuple[int, int]]:
@@ -133,50 +112,51 @@ def shard_file(k: int) -> str:
     return f"shard-{k:06d}.bin"
 
 
-def save_id_order(directory: str, order: np.ndarray) -> None:
-    save_npy_atomic(os.path.join(directory, ID_ORDER), order.astype(np.int64))
-
-
 class ShardWriter:
-    """Appends rows (document order) to one shard file; `close()` writes the footer and renames."""
+    """Collects the rows of one shard (document order); `close()` ranks the shard's ids by how
+    often they were kept, encodes the blocks, writes the file under a temp name and renames it."""
 
-    def __init__(self, path: str, ranks: IdRanks, meta: StoreMeta):
-        self.path, self.ranks, self.meta = path, ranks, meta
-        self.tmp = f"{path}.tmp-{os.getpid()}"
-        self.file = open(self.tmp, "wb")
-        self.pending: List[codec.Rows] = []
-        self.pending_rows = 0
-        self.table: List[Tuple[int, int, int]] = []  # (byte offset, byte length, rows)
-        self.offset = 0
+    def __init__(self, path: str, meta: StoreMeta):
+        self.path, self.meta = path, meta
+        self.parts: List[codec.Rows] = []
 
     def add(self, rows: codec.Rows) -> None:
-        self.pending.append(rows)
-        self.pending_rows += len(rows.counts)
-        while self.pending_rows >= self.meta.block_rows:
-            self._flush(self.meta.block_rows)
-
-    def _flush(self, n: int) -> None:
-        rows = _concat(self.pending)
-        head, rest = _split(rows, n)
-        block = codec.encode_block(head, self.ranks.rank_of, self.meta.max_kl, self.meta.codec)
-        self.file.write(block)
-        self.table.append((self.offset, len(block), len(head.counts)))
-        self.offset += len(block)
-        self.pending = [rest] if len(rest.counts) else []
-        self.pending_rows = len(rest.counts)
+        self.parts.append(codec.Rows(rows.counts, rows.ids, rows.logprobs.astype(np.float32)))
 
     def close(self) -> None:
-        if self.pending_rows:
-            self._flush(self.pending_rows)
-        table = np.array(self.table, dtype=np.int64).reshape(-1, 3).tobytes()
-        self.file.write(table + _FOOTER.pack(len(self.table), zlib.crc32(table), _MAGIC))
-        self.file.close()
-        os.replace(self.tmp, self.path)
+        rows = _concat(self.parts) if self.parts else codec.Rows(*(np.zeros(0, t) for t in (np.int64, np.int64, np.float32)))
+        self.parts = []
+        ids, freq = np.unique(rows.ids, return_counts=True)
+        order = ids[np.lexsort((ids, -freq))]
+        ranks = IdRanks(order)
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        table, offset = [], 0
+        try:
+            with open(tmp, "wb") as f:
+                for a in range(0, len(rows.counts), self.meta.block_rows):
+                    block = codec.encode_block(_rows_slice(rows, a, a + self.meta.block_rows),
+                                               ranks.rank_of, self.meta.max_kl, self.meta.codec)
+                    f.write(block)
+                    table.append((offset, len(block), min(self.meta.block_rows, len(rows.counts) - a)))
+                    offset += len(block)
+                id_table = _pack_ids(order)
+                blocks = np.array(table, dtype=np.int64).reshape(-1, 3).tobytes()
+                f.write(id_table + blocks + _FOOTER.pack(len(table), len(id_table),
+                                                         zlib.crc32(id_table + blocks), _MAGIC))
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
-    def abort(self) -> None:
-        self.file.close()
-        if os.path.exists(self.tmp):
-            os.remove(self.tmp)
+
+def _pack_ids(order: np.ndarray) -> bytes:
+    width, planes = codec._planes(order)
+    return struct.pack("<QB", len(order), width) + zlib.compress(planes, 9)
+
+
+def _unpack_ids(raw: bytes) -> np.ndarray:
+    n, width = struct.unpack_from("<QB", raw)
+    return codec._unplanes(memoryview(zlib.decompress(raw[9:])), n, width)
 
 
 def _concat(parts: Sequence[codec.Rows]) -> codec.Rows:
@@ -186,30 +166,33 @@ def _concat(parts: Sequence[codec.Rows]) -> codec.Rows:
                       np.concatenate([p.logprobs for p in parts]))
 
 
-def _split(rows: codec.Rows, n: int) -> Tuple[codec.Rows, codec.Rows]:
-    m = int(rows.counts[:n].sum())
-    return (codec.Rows(rows.counts[:n], rows.ids[:m], rows.logprobs[:m]),
-            codec.Rows(rows.counts[n:], rows.ids[m:], rows.logprobs[m:]))
+def _rows_slice(rows: codec.Rows, a: int, b: int) -> codec.Rows:
+    starts = rows.starts
+    b = min(b, len(rows.counts))
+    return codec.Rows(rows.counts[a:b], rows.ids[starts[a]:starts[b]], rows.logprobs[starts[a]:starts[b]])
 
 
-def read_block_table(path: str) -> np.ndarray:
-    """int64 [blocks, 3] (offset, length, rows) of a complete shard file; StoreError if damaged."""
+def read_shard_index(path: str) -> Tuple[np.ndarray, IdRanks]:
+    """(block table int64 [blocks, 3]: offset, length, rows; the shard's id ranks) of a complete
+    shard file; StoreError if it is missing or damaged."""
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
             if size < _FOOTER.size:
                 raise ValueError("too short")
             f.seek(size - _FOOTER.size)
-            n, crc, magic = _FOOTER.unpack(f.read(_FOOTER.size))
-            if magic != _MAGIC or size < _FOOTER.size + 24 * n:
+            n, id_bytes, crc, magic = _FOOTER.unpack(f.read(_FOOTER.size))
+            tail = _FOOTER.size + 24 * n + id_bytes
+            if magic != _MAGIC or size < tail:
                 raise ValueError("bad footer")
-            f.seek(size - _FOOTER.size - 24 * n)
-            raw = f.read(24 * n)
-    except (OSError, ValueError) as e:
+            f.seek(size - tail)
+            raw = f.read(tail - _FOOTER.size)
+        if zlib.crc32(raw) != crc:
+            raise ValueError("index checksum")
+        order = _unpack_ids(raw[:id_bytes])
+    except (OSError, ValueError, struct.error, zlib.error) as e:
         raise StoreError(f"shard {path} is missing or corrupt ({e}); delete it and {_REDUMP}") from e
-    if zlib.crc32(raw) != crc:
-        raise StoreError(f"shard {path} is corrupt (block table checksum); delete it and {_REDUMP}")
-    return np.frombuffer(raw, dtype=np.int64).reshape(n, 3)
+    return np.frombuffer(raw[id_bytes:], dtype=np.int64).reshape(n, 3), IdRanks(order)
 
 
 def finish_store(directory: str, meta: StoreMeta, plan: List[Tuple[int, int]]) -> None:
@@ -217,7 +200,7 @@ def finish_store(directory: str, meta: StoreMeta, plan: List[Tuple[int, int]]) -
     shards = []
     for k, (first, num) in enumerate(plan):
         path = os.path.join(directory, shard_file(k))
-        table = read_block_table(path)
+        table, _ = read_shard_index(path)
         shards.append({"file": shard_file(k), "first_doc": first, "num_docs": num,
                        "rows": int(table[:, 2].sum()), "bytes": os.path.getsize(path)})
     write_json_atomic(os.path.join(directory, MANIFEST),
@@ -253,22 +236,15 @@ def write_store(directory: str, data_prefix: str,
     meta, lengths = dataset_meta(data_prefix, StoreMeta(**meta))
     meta.validate()
     os.makedirs(directory, exist_ok=True)
-    order = id_order_of(data_prefix, meta.vocab_size)
-    save_id_order(directory, order)
-    ranks = IdRanks(order)
     plan = shard_plan(lengths, meta.shard_tokens)
     docs = iter(docs)
     for k, (first, num) in enumerate(plan):
-        writer = ShardWriter(os.path.join(directory, shard_file(k)), ranks, meta)
-        try:
-            for d in range(first, first + num):
-                doc_id, ids, logprobs = next(docs)
-                rows = rows_of(ids, logprobs)
-                check_doc_rows(doc_id, d, rows, lengths, meta.top_k)
-                writer.add(rows)
-        except BaseException:
-            writer.abort()
-            raise
+        writer = ShardWriter(os.path.join(directory, shard_file(k)), meta)
+        for d in range(first, first + num):
+            doc_id, ids, logprobs = next(docs)
+            rows = rows_of(ids, logprobs)
+            check_doc_rows(doc_id, d, rows, lengths, meta.top_k)
+            writer.add(rows)
         writer.close()
     finish_store(directory, meta, plan)
 
@@ -289,25 +265,26 @@ class LogitsStore:
     """Read side: `lookup(doc_ids, offsets)` -> padded (ids, logprobs) of those token positions."""
 
     def __init__(self, directory: str, meta: StoreMeta, shards: List[dict], lengths: np.ndarray,
-                 ranks: IdRanks, cache_blocks: int = 64):
-        self.directory, self.meta, self.ranks = directory, meta, ranks
+                 cache_blocks: int = 64):
+        self.directory, self.meta = directory, meta
         self.lengths = lengths
         self.row_start = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
-        paths, first_rows, offsets, sizes = [], [], [], []
+        paths, ranks, first_rows, offsets, sizes = [], [], [], [], []
         for s in shards:
             path = os.path.join(directory, s["file"])
             if not os.path.isfile(path) or os.path.getsize(path) != s["bytes"]:
                 raise StoreError(f"shard {path} is missing or has the wrong size; delete it and "
                                  f"{MANIFEST}, then {_REDUMP}")
-            table = read_block_table(path)
+            table, shard_ranks = read_shard_index(path)
             base = self.row_start[s["first_doc"]]
             if int(table[:, 2].sum()) != s["rows"] or self.row_start[s["first_doc"] + s["num_docs"]] - base != s["rows"]:
                 raise StoreError(f"shard {path} does not hold the rows {MANIFEST} lists; {_REDUMP}")
             paths += [path] * len(table)
+            ranks += [shard_ranks] * len(table)
             first_rows.append(base + np.concatenate([[0], np.cumsum(table[:-1, 2])]))
             offsets.append(table[:, 0])
             sizes.append(table[:, 1])
-        self._paths = paths
+        self._paths, self._ranks = paths, ranks
         self._first_row = np.concatenate(first_rows) if first_rows else np.zeros(0, np.int64)
         self._offset = np.concatenate(offsets) if offsets else np.zeros(0, np.int64)
         self._size = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
@@ -327,7 +304,7 @@ class LogitsStore:
             f.seek(int(self._offset[b]))
             raw = f.read(int(self._size[b]))
         try:
-            rows = codec.decode_block(raw, self.ranks.id_of)
+            rows = codec.decode_block(raw, self._ranks[b].id_of)
         except codec.CorruptBlock as e:
             raise StoreError(f"shard {self._paths[b]} is corrupt (block at byte {self._offset[b]}: {e}); "
                              f"delete it and {MANIFEST}, then {_REDUMP}") from e
@@ -402,9 +379,4 @@ def open_store(directory: str, data_prefix: str, cache_blocks: int = 64) -> Logi
         raise StoreError(f"store {directory} was dumped from dataset {meta.dataset_fingerprint}, not "
                          f"{fp} ({data_prefix}): dump it again with tools/dump_teacher_logits.py "
                          f"--data-prefix {data_prefix}")
-    lengths = document_lengths(data_prefix)
-    try:
-        order = np.load(os.path.join(directory, ID_ORDER))
-    except (OSError, ValueError) as e:
-        raise StoreError(f"store {directory}: cannot read {ID_ORDER} ({e}); dump the store again") from e
-    return LogitsStore(directory, meta, manifest["shards"], lengths, IdRanks(order), cache_blocks)
+    return LogitsStore(directory, meta, manifest["shards"], document_lengths(data_prefix), cache_blocks)

@@ -7,7 +7,7 @@ import pytest
 
 from dist_utils import init_and_teacher, read_metrics, run_job, tiny_args
 
-from megakd.config import ModelConfig, TeacherConfig, load_config
+from megakd.config import ModelConfig, ParallelConfig, load_config
 from megakd.errors import ConfigError
 
 KD = {"kd.source": "online", "kd.kind": "fkl", "kd.temperature": 2.0, "kd.top_p": 0.95,
@@ -90,14 +90,15 @@ def test_dedicated_config_errors(overrides, world, message):
 
 
 def test_teacher_layout_must_split_its_heads_and_layers():
-    from megakd.teacher.dedicated import _check_layout
+    """The dedicated teacher loads through teacher.loading, whose layout check names teacher.tp/pp."""
+    from megakd.teacher.loading import check_layout
 
     model = ModelConfig(num_layers=3, num_attention_heads=4, num_query_groups=2)
-    _check_layout(model, TeacherConfig(tp=2, pp=3))
-    with pytest.raises(ConfigError, match="teacher.tp=4 does not divide"):
-        _check_layout(model, TeacherConfig(tp=4))
-    with pytest.raises(ConfigError, match="teacher.pp=2 does not divide"):
-        _check_layout(model, TeacherConfig(pp=2))
+    check_layout("t", model, ParallelConfig(tp=2, pp=3))
+    with pytest.raises(ConfigError, match="tp=4 does not divide .* a dedicated one at teacher.tp"):
+        check_layout("t", model, ParallelConfig(tp=4))
+    with pytest.raises(ConfigError, match="a dedicated one's over teacher.pp"):
+        check_layout("t", model, ParallelConfig(pp=2))
 
 
 def test_schedule_follows_the_trainer_loop_and_checksum_sees_order():

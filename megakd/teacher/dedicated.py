@@ -25,7 +25,7 @@ from megakd import platform
 from megakd.config import Config, ParallelConfig
 from megakd.data.gpt import BatchStream, build_datasets
 from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer
-from megakd.errors import ConfigError, MegakdError
+from megakd.errors import MegakdError
 from megakd.losses.targets import UNUSED_ID, SparseTarget, truncate_teacher
 from megakd.teacher import TeacherSource
 from megakd.teacher.loading import load_teacher, teacher_path
@@ -163,15 +163,12 @@ class TeacherServer:
     DP replicas r with r mod groups == its group, one student step of micro-batches at a time."""
 
     def __init__(self, cfg: Config, split):
-        from megakd.convert.convert import read_checkpoint_config
-
         t = cfg.teacher
         self.cfg, self.split = cfg, split
         self.env = platform.init_model_parallel(t.tp, t.pp, cfg.train.seed, cfg.parallel.timeout_minutes)
         self.tokenizer = MegatronTokenizer(load_tokenizer(cfg.data.tokenizer))
-        path = teacher_path(t)
-        _check_layout(read_checkpoint_config(path)[0], t)
-        self.model = load_teacher(path, ParallelConfig(tp=t.tp, pp=t.pp), self.tokenizer,
+        # load_teacher refuses a layout that does not split the teacher and another tokenizer
+        self.model = load_teacher(teacher_path(t), ParallelConfig(tp=t.tp, pp=t.pp), self.tokenizer,
                                   cfg.data.tokenizer)
         self.group = ps.get_data_parallel_rank()
         self.sender = ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
@@ -280,18 +277,6 @@ class TeacherServer:
 
 def _sent_key(replica: int) -> str:
     return f"megakd/dedicated/sent/{replica}"
-
-
-def _check_layout(model_cfg, t) -> None:
-    """teacher.tp/pp must split the teacher's heads, KV groups and layers evenly."""
-    groups = model_cfg.num_query_groups or model_cfg.num_attention_heads
-    if model_cfg.num_attention_heads % t.tp or groups % t.tp:
-        raise ConfigError(f"teacher.tp={t.tp} does not divide the teacher's "
-                          f"{model_cfg.num_attention_heads} attention heads / {groups} KV groups; "
-                          f"choose a teacher.tp that divides both")
-    if model_cfg.num_layers % t.pp:
-        raise ConfigError(f"teacher.pp={t.pp} does not divide the teacher's {model_cfg.num_layers} "
-                          f"layers; choose a teacher.pp that divides them")
 
 
 def _inject(fault: str, rank: int) -> None:

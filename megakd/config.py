@@ -135,9 +135,26 @@ class TeacherConfig:
     """Teacher weights: a megakd dist checkpoint (trained or converted; any saved TP/PP)."""
     hf_path: Optional[str] = None
     """Or a local Hugging Face model directory / .gguf file (converted once, cached in $MEGAKD_CACHE)."""
-    placement: Literal["colocated"] = "colocated"
+    placement: Literal["colocated", "dedicated"] = "colocated"
     """colocated: every student rank runs its slice of the teacher at the student's TP and PP (the
-    teacher's layers split over the pipeline stages, its hidden states sent with the student's)."""
+    teacher's layers split over the pipeline stages, its hidden states sent with the student's).
+    dedicated: the last teacher.ranks processes of the job run the teacher at its own TP/PP, ahead of
+    the students, and send them sparse top-k targets (needs kd.top_k; docs/PLACEMENT.md)."""
+    ranks: int = 0
+    """dedicated: how many of the job's processes are teacher ranks (a multiple of tp*pp); the
+    students are the rest (world size = student ranks + teacher.ranks)."""
+    tp: int = 1
+    """dedicated: the teacher's tensor-parallel size (independent of parallel.tp)."""
+    pp: int = 1
+    """dedicated: the teacher's pipeline-parallel size (independent of parallel.pp)."""
+    sharing: Literal["round_robin", "per_replica"] = "round_robin"
+    """dedicated: teacher groups (teacher.ranks / (tp*pp)) serve student data-parallel replicas
+    round-robin (replica r -> group r mod groups); per_replica requires one group per replica."""
+    prefetch: int = 2
+    """dedicated: how many student steps of targets the teacher may compute ahead of the students."""
+    timeout_s: float = 120.0
+    """dedicated: students waiting this long for a target stop the job, naming the teacher rank
+    (the teacher's wait on students is bounded by parallel.timeout_minutes)."""
 
 
 @dataclass
@@ -253,6 +270,7 @@ class Config:
             raise ConfigError(f"train.global_batch_size={t.global_batch_size} is not a multiple of "
                               f"train.micro_batch_size={t.micro_batch_size}")
         if world_size is not None:
+            world_size = self._student_world(world_size)
             if world_size % (p.tp * p.pp):
                 raise ConfigError(f"world size {world_size} is not a multiple of parallel.tp*parallel.pp"
                                   f"={p.tp * p.pp}; launch a multiple of tp*pp processes")
@@ -291,7 +309,8 @@ class Config:
             if (tch.checkpoint is None) == (tch.hf_path is None):
                 raise ConfigError("kd.source=online needs exactly one of teacher.checkpoint and "
                                   "teacher.hf_path")
-            if self.parallel.pp > 1 and self.parallel.sequence_parallel:
+            p = self.parallel
+            if tch.placement == "colocated" and p.pp > 1 and p.sequence_parallel:
                 raise ConfigError("a co-located teacher with parallel.pp > 1 does not support "
                                   "parallel.sequence_parallel yet; set it to false")
         if k.source == "offline":
@@ -303,6 +322,44 @@ class Config:
                 raise ConfigError(f"kd.source=offline needs kd.store: one store directory per "
                                   f"data.prefix dataset ({len(prefixes)}), got {len(stores)}; dump "
                                   f"them with tools/dump_teacher_logits.py")
+        if tch.placement == "dedicated":
+            self._validate_dedicated()
+
+    def _validate_dedicated(self):
+        k, tch = self.kd, self.teacher
+        if k.source != "online":
+            raise ConfigError("teacher.placement=dedicated needs kd.source=online")
+        if k.top_k <= 0 or k.kind == "mse":
+            raise ConfigError("teacher.placement=dedicated sends sparse top-k targets: set kd.top_k > 0 "
+                              "(PD paper: 50-100) and a kd.kind other than mse")
+        _positive(self, ["teacher.tp", "teacher.pp", "teacher.ranks", "teacher.prefetch",
+                         "teacher.timeout_s"])
+        if tch.ranks % (tch.tp * tch.pp):
+            raise ConfigError(f"teacher.ranks={tch.ranks} is not a multiple of teacher.tp*teacher.pp="
+                              f"{tch.tp * tch.pp}")
+
+    def teacher_groups(self) -> int:
+        """dedicated: how many independent teacher model replicas the teacher ranks form."""
+        return self.teacher.ranks // (self.teacher.tp * self.teacher.pp)
+
+    def _student_world(self, world_size: int) -> int:
+        """The student processes of a job of `world_size` (all of them unless the teacher is
+        dedicated); checks that the teacher ranks leave whole student replicas to serve."""
+        tch, p = self.teacher, self.parallel
+        if tch.placement != "dedicated":
+            return world_size
+        students = world_size - tch.ranks
+        if students <= 0 or students % (p.tp * p.pp):
+            raise ConfigError(f"world size {world_size} must equal student ranks (a multiple of "
+                              f"parallel.tp*parallel.pp={p.tp * p.pp}) + teacher.ranks={tch.ranks}; "
+                              f"launch that many processes or change teacher.ranks")
+        dp = students // (p.tp * p.pp)
+        groups = self.teacher_groups()
+        if groups > dp or (tch.sharing == "per_replica" and groups != dp):
+            raise ConfigError(f"teacher.ranks={tch.ranks} form {groups} teacher groups for {dp} "
+                              f"student data-parallel replicas; teacher.sharing={tch.sharing} needs "
+                              f"{'exactly' if tch.sharing == 'per_replica' else 'at most'} {dp}")
+        return students
 
     def _validate_minillm(self):
         mm = self.minillm

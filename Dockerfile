@@ -23,6 +23,7 @@ RUN python -c "import torch; print(torch.__version__)" > /tmp/torch-version \
         psutil \
         numpy \
         matplotlib \
+        rouge-score \
  && python -c "import torch; print(torch.__version__)" | cmp - /tmp/torch-version
 
 COPY setup.py ./

@@ -26,6 +26,7 @@ setup(
         "psutil",
         "numpy",
         "matplotlib",  # MiniPLM score histograms
+        "rouge-score",  # MiniLLM evaluation (Rouge-L)
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "packaging"],

@@ -135,9 +135,26 @@ class TeacherConfig:
     """Teacher weights: a megakd dist checkpoint (trained or converted; any saved TP/PP)."""
     hf_path: Optional[str] = None
     """Or a local Hugging Face model directory / .gguf file (converted once, cached in $MEGAKD_CACHE)."""
-    placement: Literal["colocated"] = "colocated"
+    placement: Literal["colocated", "dedicated"] = "colocated"
     """colocated: every student rank runs its slice of the teacher at the student's TP and PP (the
-    teacher's layers split over the pipeline stages, its hidden states sent with the student's)."""
+    teacher's layers split over the pipeline stages, its hidden states sent with the student's).
+    dedicated: the last teacher.ranks processes of the job run the teacher at its own TP/PP, ahead of
+    the students, and send them sparse top-k targets (needs kd.top_k; docs/PLACEMENT.md)."""
+    ranks: int = 0
+    """dedicated: how many of the job's processes are teacher ranks (a multiple of tp*pp); the
+    students are the rest (world size = student ranks + teacher.ranks)."""
+    tp: int = 1
+    """dedicated: the teacher's tensor-parallel size (independent of parallel.tp)."""
+    pp: int = 1
+    """dedicated: the teacher's pipeline-parallel size (independent of parallel.pp)."""
+    sharing: Literal["round_robin", "per_replica"] = "round_robin"
+    """dedicated: teacher groups (teacher.ranks / (tp*pp)) serve student data-parallel replicas
+    round-robin (replica r -> group r mod groups); per_replica requires one group per replica."""
+    prefetch: int = 2
+    """dedicated: how many student steps of targets the teacher may compute ahead of the students."""
+    timeout_s: float = 120.0
+    """dedicated: students waiting this long for a target stop the job, naming the teacher rank
+    (the teacher's wait on students is bounded by parallel.timeout_minutes)."""
 
 
 @dataclass
@@ -166,6 +183,44 @@ class KDConfig:
 
 
 @dataclass
+class MiniLLMConfig:
+    """Instruction tuning / distillation on prompt-response data (examples/train_minillm.py)."""
+
+    method: Literal["none", "sft", "kd", "seqkd", "minillm"] = "none"
+    """none: not an instruction run. sft: fine-tune on the responses. kd: (1-kd.alpha)*LM +
+    kd.alpha*KD(kd.kind) on the responses. seqkd: sft on the teacher's greedy answers to the training
+    prompts. minillm: reverse KL by policy gradient on the student's own samples."""
+    train_data: Optional[str] = None
+    """jsonl (prompt, response[, system]) or a prefix from tools/preprocess_sft.py."""
+    valid_data: Optional[str] = None
+    """Held-out prompt/response pairs for evaluation (reverse KL, Rouge-L); optional."""
+    max_new_tokens: int = 64
+    """Longest sampled response (rollouts, SeqKD answers, evaluation)."""
+    temperature: float = 1.0
+    """Rollout sampling temperature (the importance weights account for it)."""
+    top_p: float = 1.0
+    """Rollout nucleus sampling (applied to the teacher-mixed distribution)."""
+    teacher_mix: float = 0.2
+    """Sample rollouts from a*p_teacher + (1-a)*q_student with per-token importance weights (0 = off)."""
+    single_step: bool = True
+    """Current-step reward as the exact per-step reverse KL over the vocab (else in the sampled return)."""
+    length_norm: bool = True
+    """Divide the future reward by the number of remaining response tokens."""
+    gamma: float = 0.95
+    """Discount of the future reward."""
+    clip_eps: float = 0.2
+    """PPO clipping of the ratio q_theta / q_old (0 = no clipping)."""
+    ppo_epochs: int = 2
+    """Optimizer steps per rollout batch (the first is on-policy, ratios start at 1)."""
+    lm_coef: float = 0.0
+    """Weight of the LM loss on pre-training data (data.prefix) added to the MiniLLM loss (0 = off)."""
+    eval_interval: int = 0
+    """Evaluate (reverse KL to the teacher on valid_data) every N iterations (0 = only at the end)."""
+    eval_seed: int = 0
+    """Sampling seed of the on-policy evaluation (same prompts, same seed at every evaluation)."""
+
+
+@dataclass
 class LogConfig:
     interval: int = 1
     """Print/record training metrics every N iterations."""
@@ -185,6 +240,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     kd: KDConfig = field(default_factory=KDConfig)
+    minillm: MiniLLMConfig = field(default_factory=MiniLLMConfig)
 
     def validate(self, world_size: Optional[int] = None) -> "Config":
         """Cross-field checks; raises ConfigError naming the keys to change."""
@@ -214,6 +270,7 @@ class Config:
             raise ConfigError(f"train.global_batch_size={t.global_batch_size} is not a multiple of "
                               f"train.micro_batch_size={t.micro_batch_size}")
         if world_size is not None:
+            world_size = self._student_world(world_size)
             if world_size % (p.tp * p.pp):
                 raise ConfigError(f"world size {world_size} is not a multiple of parallel.tp*parallel.pp"
                                   f"={p.tp * p.pp}; launch a multiple of tp*pp processes")
@@ -226,6 +283,9 @@ class Config:
         if m.init_from_hf and self.checkpoint.pretrained:
             raise ConfigError("set only one of model.init_from_hf and checkpoint.pretrained")
         self._validate_kd()
+        if self.minillm.method != "none":
+            self._validate_minillm()
+            return self
         if self.data.prefix is None:
             raise ConfigError("data.prefix is not set; point it at a <prefix> with .bin/.idx "
                               "(make one with tools/preprocess_data.py)")
@@ -249,7 +309,8 @@ class Config:
             if (tch.checkpoint is None) == (tch.hf_path is None):
                 raise ConfigError("kd.source=online needs exactly one of teacher.checkpoint and "
                                   "teacher.hf_path")
-            if self.parallel.pp > 1 and self.parallel.sequence_parallel:
+            p = self.parallel
+            if tch.placement == "colocated" and p.pp > 1 and p.sequence_parallel:
                 raise ConfigError("a co-located teacher with parallel.pp > 1 does not support "
                                   "parallel.sequence_parallel yet; set it to false")
         if k.source == "offline":
@@ -261,6 +322,72 @@ class Config:
                 raise ConfigError(f"kd.source=offline needs kd.store: one store directory per "
                                   f"data.prefix dataset ({len(prefixes)}), got {len(stores)}; dump "
                                   f"them with tools/dump_teacher_logits.py")
+        if tch.placement == "dedicated":
+            self._validate_dedicated()
+
+    def _validate_dedicated(self):
+        k, tch = self.kd, self.teacher
+        if k.source != "online":
+            raise ConfigError("teacher.placement=dedicated needs kd.source=online")
+        if k.top_k <= 0 or k.kind == "mse":
+            raise ConfigError("teacher.placement=dedicated sends sparse top-k targets: set kd.top_k > 0 "
+                              "(PD paper: 50-100) and a kd.kind other than mse")
+        _positive(self, ["teacher.tp", "teacher.pp", "teacher.ranks", "teacher.prefetch",
+                         "teacher.timeout_s"])
+        if tch.ranks % (tch.tp * tch.pp):
+            raise ConfigError(f"teacher.ranks={tch.ranks} is not a multiple of teacher.tp*teacher.pp="
+                              f"{tch.tp * tch.pp}")
+
+    def teacher_groups(self) -> int:
+        """dedicated: how many independent teacher model replicas the teacher ranks form."""
+        return self.teacher.ranks // (self.teacher.tp * self.teacher.pp)
+
+    def _student_world(self, world_size: int) -> int:
+        """The student processes of a job of `world_size` (all of them unless the teacher is
+        dedicated); checks that the teacher ranks leave whole student replicas to serve."""
+        tch, p = self.teacher, self.parallel
+        if tch.placement != "dedicated":
+            return world_size
+        students = world_size - tch.ranks
+        if students <= 0 or students % (p.tp * p.pp):
+            raise ConfigError(f"world size {world_size} must equal student ranks (a multiple of "
+                              f"parallel.tp*parallel.pp={p.tp * p.pp}) + teacher.ranks={tch.ranks}; "
+                              f"launch that many processes or change teacher.ranks")
+        dp = students // (p.tp * p.pp)
+        groups = self.teacher_groups()
+        if groups > dp or (tch.sharing == "per_replica" and groups != dp):
+            raise ConfigError(f"teacher.ranks={tch.ranks} form {groups} teacher groups for {dp} "
+                              f"student data-parallel replicas; teacher.sharing={tch.sharing} needs "
+                              f"{'exactly' if tch.sharing == 'per_replica' else 'at most'} {dp}")
+        return students
+
+    def _validate_minillm(self):
+        mm = self.minillm
+        if mm.train_data is None:
+            raise ConfigError(f"minillm.method={mm.method} needs minillm.train_data (a jsonl of "
+                              f"prompt/response records or a tools/preprocess_sft.py prefix)")
+        if self.data.tokenizer is None:
+            raise ConfigError("data.tokenizer is not set; point it at a local Hugging Face tokenizer dir")
+        if mm.method != "sft" and (self.teacher.checkpoint is None) == (self.teacher.hf_path is None):
+            raise ConfigError(f"minillm.method={mm.method} needs exactly one of teacher.checkpoint "
+                              f"and teacher.hf_path")
+        if mm.method == "minillm" and mm.lm_coef > 0 and self.data.prefix is None:
+            raise ConfigError("minillm.lm_coef > 0 needs pre-training data in data.prefix "
+                              "(or set minillm.lm_coef=0)")
+        if self.parallel.pp > 1:
+            raise ConfigError("instruction training (minillm.method) runs at parallel.pp=1 only; "
+                              "use tensor and data parallelism")
+        if self.checkpoint.load:
+            raise ConfigError("instruction training cannot resume (checkpoint.load); start from "
+                              "weights with checkpoint.pretrained")
+        if not 0.0 <= mm.teacher_mix < 1.0:
+            raise ConfigError(f"minillm.teacher_mix={mm.teacher_mix} must be in [0, 1)")
+        if not 0.0 < mm.top_p <= 1.0 or mm.temperature <= 0:
+            raise ConfigError("minillm.top_p must be in (0, 1] and minillm.temperature > 0")
+        if not 0.0 <= mm.gamma <= 1.0 or mm.clip_eps < 0:
+            raise ConfigError("minillm.gamma must be in [0, 1] and minillm.clip_eps >= 0")
+        if mm.ppo_epochs < 1 or mm.max_new_tokens < 1:
+            raise ConfigError("minillm.ppo_epochs and minillm.max_new_tokens must be >= 1")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

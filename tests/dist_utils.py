@@ -79,3 +79,13 @@ def tiny_args(corpus, workdir, **overrides):
     }
     args.update(overrides)
     return [f"{k}={'null' if v is None else v}" for k, v in args.items()]
+
+
+def init_and_teacher(corpus, work):
+    """(init, teacher) checkpoints of the tiny model: the teacher is the init trained 3 steps more,
+    so its distribution really differs from a student started at init."""
+    init, teacher = work / "init", work / "teacher"
+    run_job(tiny_args(corpus, work, **{"train.iters": 0, "checkpoint.save": init}))
+    run_job(tiny_args(corpus, work, **{"train.iters": 3, "checkpoint.save": teacher,
+                                       "checkpoint.pretrained": init}))
+    return init, teacher

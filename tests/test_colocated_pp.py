@@ -98,3 +98,41 @@ def test_teacher_layout_and_config_errors():
     load_config(None, base)  # PP > 1 is allowed for a co-located teacher now
     with pytest.raises(ConfigError, match="does not support parallel.sequence_parallel"):
         load_config(None, base + ["parallel.tp=2", "parallel.sequence_parallel=true"])
+
+
+def test_pipeline_pair_splits_input_and_sends_back_the_students_gradient_only():
+    """A middle stage: the received [s, b, h_s + h_t] tensor is split; backward through the sent
+    cat(student, teacher) gives the student's input gradient exactly, zeros in the teacher's part."""
+    import torch
+    from types import SimpleNamespace
+
+    from megakd.teacher.colocated import PipelinePair
+
+    class Stage(torch.nn.Module):  # what the pair needs of a GPTModel pipeline stage
+        def __init__(self, hidden, frozen):
+            super().__init__()
+            self.config = SimpleNamespace(hidden_size=hidden, params_dtype=torch.float64)
+            self.post_process = False
+            self.lin = torch.nn.Linear(hidden, hidden, dtype=torch.float64)
+            self.lin.requires_grad_(not frozen)
+
+        def set_input_tensor(self, tensors):
+            self.x = tensors[0]
+
+        def forward(self, tokens, position_ids, attention_mask, **kwargs):
+            return torch.tanh(self.lin(self.x))
+
+    torch.manual_seed(0)
+    student, teacher = Stage(4, frozen=False), Stage(6, frozen=True)
+    pair = PipelinePair(student, teacher)
+    x = torch.randn(3, 2, 10, dtype=torch.float64, requires_grad=True)
+    pair.set_input_tensor([x])
+    out = pair(None, None, None)
+    assert out.shape == (3, 2, 10) and not teacher.x.requires_grad
+    assert torch.equal(out[..., 4:], torch.tanh(teacher.lin(x[..., 4:])).detach())
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    ref_x = x.detach()[..., :4].clone().requires_grad_(True)
+    torch.tanh(student.lin(ref_x)).backward(grad_out[..., :4])
+    assert torch.equal(x.grad[..., :4], ref_x.grad)
+    assert torch.count_nonzero(x.grad[..., 4:]) == 0 and teacher.lin.weight.grad is None

@@ -6,7 +6,7 @@ so its distribution really differs from the student's.
 
 import pytest
 
-from dist_utils import read_metrics, run_job, tiny_args
+from dist_utils import init_and_teacher, read_metrics, run_job, tiny_args
 
 from megakd.config import load_config
 from megakd.errors import ConfigError
@@ -17,12 +17,7 @@ KD = {"kd.source": "online", "kd.kind": "fkl", "kd.temperature": 2.0, "kd.top_p"
 
 @pytest.fixture(scope="module")
 def models(tiny_corpus, tmp_path_factory):
-    work = tmp_path_factory.mktemp("kd")
-    init, teacher = work / "init", work / "teacher"
-    run_job(tiny_args(tiny_corpus, work, **{"train.iters": 0, "checkpoint.save": init}))
-    run_job(tiny_args(tiny_corpus, work, **{"train.iters": 3, "checkpoint.save": teacher,
-                                            "checkpoint.pretrained": init}))
-    return init, teacher
+    return init_and_teacher(tiny_corpus, tmp_path_factory.mktemp("kd"))
 
 
 def _run(corpus, work, nproc=1, **overrides):

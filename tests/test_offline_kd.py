@@ -174,6 +174,7 @@ def test_one_step_from_the_store_equals_in_process_targets_at_tp1_tp2(setup, tin
     for name, layout in {"tp2": {"parallel.tp": 2}, "pp2": {"parallel.pp": 2},
                          "dp2_mbs1": {"train.micro_batch_size": 1}}.items():
         got = _run(tiny_corpus, tmp_path / name, nproc=2, **args, **layout)
+        assert got[1]["lookup time"] > 0, name  # at PP2 too: the last stage looks up, rank 0 logs
         for key in ("kd loss", "lm loss", "loss", "grad norm"):
             assert [got[i][key] for i in STEPS] == pytest.approx(
                 [ref[i][key] for i in STEPS], rel=5e-4), (name, key)
@@ -209,8 +210,3 @@ def test_store_mismatches_are_one_line_errors(setup, tiny_corpus, tmp_path):
     assert tighter.retruncate
     with pytest.raises(ConfigError, match="one store directory per data.prefix"):
         _cfg(tiny_corpus, tmp_path, **{**KD, "kd.store": f"[{setup['store']}, {setup['store']}]"})
-    proc = run_job(tiny_args(tiny_corpus, tmp_path / "cli",
-                             **{**KD, "kd.store": setup["store"], "kd.temperature": 1.0}),
-                   check=False)
-    assert proc.returncode == 2 and "kd.temperature=1.0" in proc.stderr
-    assert "Traceback" not in proc.stderr

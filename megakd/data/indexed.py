@@ -142,8 +142,12 @@ def check_writable(prefix: str) -> None:
                         "choose a writable output prefix") from e
 
 
-def write_indexed(prefix: str, documents: Iterable[Sequence[int]], vocab_size: int) -> WriteStats:
+def write_indexed(prefix: str, documents: Iterable[Sequence[int]], vocab_size: int,
+                  parts: bool = False) -> WriteStats:
     """Write ``documents`` (token-id sequences) as <prefix>.bin/.idx, one document per entry.
+
+    parts=True: each document is a list of sequences (e.g. prompt, response) kept as separate
+    megatron-core sequences of one document, so their boundaries survive (`read_parts`).
 
     Writes to temporary names and renames both files only after the last document, so a failure
     (bad data, Ctrl-C, full disk) never leaves a half-written dataset under the final names.
@@ -155,11 +159,12 @@ def write_indexed(prefix: str, documents: Iterable[Sequence[int]], vocab_size: i
     n_docs = n_tokens = 0
     try:
         for doc in documents:
-            arr = numpy.asarray(doc, dtype=numpy.int64)
+            lengths = [len(x) for x in doc] if parts else None
+            arr = numpy.asarray([t for x in doc for t in x] if parts else doc, dtype=numpy.int64)
             if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
                 raise DataError(f"document {n_docs} has token ids outside [0, {vocab_size}); "
                                 "is vocab_size the tokenizer's len()?")
-            builder.add_document(arr.astype(dtype), [arr.size])
+            builder.add_document(arr.astype(dtype), lengths or [arr.size])
             n_docs, n_tokens = n_docs + 1, n_tokens + arr.size
         if n_docs == 0:
             raise DataError(f"no documents to write to {prefix}")
@@ -173,3 +178,11 @@ def write_indexed(prefix: str, documents: Iterable[Sequence[int]], vocab_size: i
                 os.remove(path)
         raise
     return WriteStats(n_docs, n_tokens)
+
+
+def read_parts(prefix: str) -> list:
+    """Every document of a `write_indexed(..., parts=True)` dataset as a list of int lists."""
+    ds = open_indexed(prefix)
+    bounds = ds.document_indices
+    return [[ds[i].astype(numpy.int64).tolist() for i in range(bounds[d], bounds[d + 1])]
+            for d in range(len(bounds) - 1)]

@@ -77,10 +77,10 @@ def tempered(x: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.T
 
 def local_softmax(s: torch.Tensor):
     """Per-row local max, local sum(exp(s - max)) and softmax over the local slice (one fused kernel;
-    sum = 1 / softmax at the argmax, where exp(s - max) = 1)."""
-    m, at = s.max(dim=-1)
+    sum = 1 / the largest softmax entry, the one at the argmax where exp(s - max) = 1). `amax`, not
+    `max(dim)`: on CPU the index-returning reduction costs as much as the softmax itself."""
     p = torch.softmax(s, dim=-1)
-    return m, p.gather(1, at[:, None]).squeeze(1).reciprocal(), p
+    return s.amax(dim=-1), p.amax(dim=-1).reciprocal(), p
 
 
 def global_max(local_max: torch.Tensor, shard: Shard) -> torch.Tensor:

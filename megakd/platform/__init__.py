@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megakd.platform import cpu
+from megakd.platform import cpu, roles
+from megakd.platform.roles import init_split, job_world_size, launched_world_size  # noqa: F401
 
 
 # What torchrun sets to describe a job; a process started from inside one must not inherit them, or
@@ -50,16 +51,19 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(timeout_minutes: float = 10.0) -> DistEnv:
+def init_distributed(timeout_minutes: float = 10.0, store=None, rank=None,
+                     world_size=None) -> DistEnv:
     """Initialise torch.distributed (idempotent) and the device; install the CPU layer without CUDA.
 
     Under torchrun the rendezvous comes from its environment (env://). Without it this process is a
     world of one on a fresh local port, and os.environ is left untouched (no MASTER_PORT leaks into
-    later jobs started from this process).
+    later jobs started from this process). `store`/`rank`/`world_size`: a role of a split job
+    (`megakd.platform.roles`) whose default group is that role's processes alone.
     """
     launched = "WORLD_SIZE" in os.environ
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    if store is None:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
@@ -67,7 +71,10 @@ def init_distributed(timeout_minutes: float = 10.0) -> DistEnv:
     else:
         cpu.install()
         backend = "gloo"
-    if not dist.is_initialized():
+    if not dist.is_initialized() and store is not None:
+        dist.init_process_group(backend=backend, store=store, world_size=world_size, rank=rank,
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
+    elif not dist.is_initialized():
         init_method = "env://" if launched else f"tcp://127.0.0.1:{_free_port()}"
         dist.init_process_group(backend=backend, init_method=init_method, world_size=world_size,
                                 rank=rank, timeout=datetime.timedelta(minutes=timeout_minutes))
@@ -103,3 +110,4 @@ def destroy() -> None:
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+    roles.reset()

@@ -28,6 +28,9 @@ class TeacherSource:
     def targets(self, batch: dict):
         raise NotImplementedError
 
+    def start(self, trainer) -> None:
+        """Called once the trainer's datasets and resume point are known."""
+
     def metrics(self) -> Dict[str, float]:
         return {}
 
@@ -39,6 +42,10 @@ class TeacherSource:
 
 def build(trainer) -> TeacherSource:
     """The teacher source named by kd.source / teacher.placement (config already validated)."""
+    if trainer.cfg.kd.source == "online" and trainer.cfg.teacher.placement == "dedicated":
+        from megakd.teacher.dedicated import DedicatedTeacher
+
+        return DedicatedTeacher(trainer)
     if trainer.cfg.kd.source == "online":
         from megakd.teacher.colocated import ColocatedTeacher
 

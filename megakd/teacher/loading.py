@@ -43,11 +43,13 @@ def check_layout(path: str, m, parallel: ParallelConfig):
     if m.num_attention_heads % parallel.tp or groups % parallel.tp:
         raise ConfigError(f"teacher {path} has {m.num_attention_heads} attention heads in {groups} "
                           f"query groups, which tp={parallel.tp} does not divide (a co-located "
-                          f"teacher runs at the student's parallel.tp); use a tp that divides {groups}")
+                          f"teacher runs at the student's parallel.tp, a dedicated one at "
+                          f"teacher.tp); use a tp that divides {groups}")
     if m.num_layers % parallel.pp:
         raise ConfigError(f"teacher {path} has {m.num_layers} layers, which pp={parallel.pp} does not divide "
                           f"(a co-located teacher's layers are split over the student's parallel.pp "
-                          f"stages); use a pp that divides {m.num_layers}")
+                          f"stages, a dedicated one's over teacher.pp); use a pp that divides "
+                          f"{m.num_layers}")
 
 
 def load_teacher(path: str, parallel: ParallelConfig, tokenizer, tokenizer_path: str,

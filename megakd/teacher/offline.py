@@ -12,6 +12,8 @@ from typing import Dict, Iterator, List
 
 import numpy
 import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
 
 from megakd.data.gpt import parse_blend
 from megakd.data.tokenizer import vocab_fingerprint
@@ -105,7 +107,10 @@ class OfflineTeacher(TeacherSource):
         return SparseTarget(target.ids.to(device), target.logprobs.to(device))
 
     def metrics(self) -> Dict[str, float]:
-        """Seconds per step spent looking targets up (on the thread) and waiting for them."""
-        out = {"lookup time": self.lookup_time, "lookup wait": self.wait_time}
+        """Seconds per step spent looking targets up (on the thread) and waiting for them; at PP > 1
+        the last stage's figures (it alone looks up), so that the logging rank shows them."""
+        times = torch.tensor([self.lookup_time, self.wait_time], dtype=torch.float64)
         self.lookup_time = self.wait_time = 0.0
-        return out
+        if ps.model_parallel_is_initialized() and ps.get_pipeline_model_parallel_world_size() > 1:
+            dist.all_reduce(times, op=dist.ReduceOp.MAX, group=ps.get_pipeline_model_parallel_group())
+        return {"lookup time": times[0].item(), "lookup wait": times[1].item()}

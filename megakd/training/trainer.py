@@ -43,11 +43,12 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         p = cfg.parallel
-        cfg.validate(platform.init_distributed(p.timeout_minutes).world_size)
+        platform.init_distributed(p.timeout_minutes)
+        cfg.validate(platform.job_world_size())
         self.env = platform.init_model_parallel(p.tp, p.pp, cfg.train.seed, p.timeout_minutes)
         if cfg.model.init_from_hf:  # the HF architecture replaces model.*: check the result again
             self.hf_init = self._convert_hf_init()
-            cfg.validate(self.env.world_size)
+            cfg.validate(platform.job_world_size())
         else:
             self.hf_init = None
         self.tokenizer = MegatronTokenizer(load_tokenizer(cfg.data.tokenizer))
@@ -87,6 +88,8 @@ class Trainer:
             cfg, self.tokenizer, t.iters * t.global_batch_size,
             evals * t.eval_iters * t.global_batch_size)
         self.train_iter = self._batches(self.train_ds, self.consumed_samples)
+        if self.teacher is not None:
+            self.teacher.start(self)
         is_logger = self.env.rank == 0
         self.logger = MetricsLogger(is_logger, cfg.log.tensorboard_dir, cfg.log.metrics_file)
         self.forward_backward = get_forward_backward_func()
@@ -262,9 +265,17 @@ class Trainer:
 
 
 def run(cfg: Config) -> None:
-    """Build a Trainer from a validated config, train, tear down."""
-    trainer = Trainer(cfg)
+    """Build a Trainer from a validated config, train, tear down. With a dedicated teacher the job
+    is split first, and the teacher ranks serve targets instead of training."""
     try:
-        trainer.train()
+        if cfg.kd.source == "online" and cfg.teacher.placement == "dedicated":
+            cfg.validate(platform.launched_world_size())
+            split = platform.init_split(cfg.teacher.ranks, cfg.parallel.timeout_minutes)
+            if split.role == platform.roles.TEACHER:
+                from megakd.teacher.dedicated import TeacherServer
+
+                TeacherServer(cfg, split).serve()
+                return
+        Trainer(cfg).train()
     finally:
         platform.destroy()

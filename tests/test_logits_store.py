@@ -205,7 +205,7 @@ def _reference(setup, docs):
     return out
 
 
-def test_dump_matches_in_process_teacher_and_is_the_same_at_dp2_and_after_a_kill(dump_setup):
+def test_dump_matches_in_process_teacher_same_bytes_at_dp2_and_after_a_kill_close_at_tp2(dump_setup):
     from megakd.data.shards import FAULT_ENV
 
     work, _, _, prefix = dump_setup
@@ -231,6 +231,17 @@ def test_dump_matches_in_process_teacher_and_is_the_same_at_dp2_and_after_a_kill
     assert sum(n.startswith("shard-") and n.endswith(".bin") for n in os.listdir(one)) == 2
     _dump(dump_setup, one, **win)
     assert _files(one) == _files(dp2)
+    # TP 2 inside the teacher: other float sums, so the same rows up to the quantisation bound
+    tp2 = str(work / "tp2")
+    _dump(dump_setup, tp2, nproc=2, tp=2, **win)
+    d = np.repeat(np.arange(N_DOCS), store.lengths[:N_DOCS])
+    o = np.concatenate([np.arange(n) for n in store.lengths[:N_DOCS]])
+    x, y = [_by_id(*open_store(s, prefix).lookup(d, o)) for s in (dp2, tp2)]
+    same = (x[0] == y[0]).all(axis=1)
+    assert same.mean() > 0.99
+    used = np.isfinite(x[1][same])
+    kl = (np.where(used, np.exp(x[1][same]) * (x[1][same] - y[1][same]), 0)).sum(axis=1)
+    assert kl.max() <= 2.5e-3
 
     # the first window of each document saw the same tokens as the whole-document forward
     windowed = open_store(dp2, prefix)

@@ -28,7 +28,7 @@ from megakd.models import build_model
 from megakd.teacher.loading import hf_checkpoint, load_teacher, teacher_path
 from megakd.training import checkpoint
 from megakd.training.logging import MetricsLogger
-from megakd.training.optimizer import build_optimizer, build_scheduler
+from megakd.training.optimizer import build_optimizer, build_scheduler, optimizer_step
 
 
 class InstructionTrainer:
@@ -216,12 +216,7 @@ class InstructionTrainer:
         else:
             metrics = self.supervised_step()
         finalize_model_grads([self.ddp])
-        ok, grad_norm, _ = self.optimizer.step()
-        self.scheduler.step(increment=1)
-        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-        metrics["grad norm"] = float(grad_norm) if grad_norm is not None else 0.0
-        if not ok:
-            metrics["skipped"] = 1.0
+        metrics.update(optimizer_step(self.optimizer, self.scheduler))
         return metrics
 
     def evaluate(self) -> Dict[str, float]:

@@ -49,3 +49,14 @@ def build_scheduler(cfg: Config, optimizer) -> OptimizerParamScheduler:
         wsd_decay_steps=wsd_decay if style == "WSD" else None,
         lr_wsd_decay_style=o.wsd_decay_style if style == "WSD" else None,
     )
+
+
+def optimizer_step(optimizer, scheduler) -> dict:
+    """One optimizer + LR-schedule step (grads already reduced); the metrics every trainer logs."""
+    ok, grad_norm, _ = optimizer.step()
+    scheduler.step(increment=1)
+    metrics = {"lr": optimizer.param_groups[0]["lr"],
+               "grad norm": float(grad_norm) if grad_norm is not None else 0.0}
+    if not ok:
+        metrics["skipped"] = 1.0
+    return metrics

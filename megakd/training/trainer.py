@@ -30,7 +30,7 @@ from megakd.training import checkpoint
 from megakd import teacher as teacher_source
 from megakd.teacher.loading import hf_checkpoint
 from megakd.training.logging import MetricsLogger
-from megakd.training.optimizer import build_optimizer, build_scheduler
+from megakd.training.optimizer import build_optimizer, build_scheduler, optimizer_step
 
 # Crash injection for resume tests: SIGKILL this process when it reaches the given iteration.
 FAULT_ENV = "MEGAKD_FAULT_KILL_AT_ITER"
@@ -209,16 +209,12 @@ class Trainer:
         self.ddp.zero_grad_buffer()
         self.optimizer.zero_grad()
         stats = self._run(self.train_iter, forward_only=False)
-        ok, grad_norm, _ = self.optimizer.step()
-        self.scheduler.step(increment=1)
+        stepped = optimizer_step(self.optimizer, self.scheduler)
         metrics = self._reduce(stats)
         if self.teacher is not None:
             metrics["alpha"] = self.alpha()
             metrics.update(self.teacher.metrics())
-        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-        metrics["grad norm"] = float(grad_norm) if grad_norm is not None else 0.0
-        if not ok:
-            metrics["skipped"] = 1.0
+        metrics.update(stepped)
         return metrics
 
     def evaluate(self) -> Dict[str, float]:

@@ -196,6 +196,58 @@ def test_keep_top_on_sparse_targets():
     torch.testing.assert_close(kept.logprobs.logsumexp(-1), torch.zeros(3, dtype=torch.float64))
 
 
+
+def _lm_inputs(lead=(3, 5), V=11, k=4):
+    """Student logits, a sparse target with unused slots and ghost mass, labels both among the listed
+    ids and outside them, and a loss mask."""
+    s = logits(*lead, V, seed=3)
+    target = sparse_target(lead, V, k, seed=4)
+    g = torch.Generator().manual_seed(5)
+    labels = torch.randint(V, lead, generator=g)
+    flat_ids, flat_labels = target.ids.reshape(-1, k), labels.view(-1)
+    flat_labels[1:5] = flat_ids[1:5, 1]  # slot 1 is used in every row but the last
+    listed = (flat_ids == flat_labels[:, None]).any(-1)
+    assert listed.any() and (~listed).any()
+    mask = torch.rand(lead, generator=g) > 0.2
+    return s, target, labels, mask
+
+
+@pytest.mark.parametrize("kind", ["fkl", "rkl", "jsd"])
+@pytest.mark.parametrize("T", [1.0, 2.0])
+def test_fused_lm_gradcheck_and_equals_separate(kind, T):
+    """The fused pass (labels=) == cross-entropy of the labels + the sparse KD loss, values and grads;
+    float64 gradcheck of both outputs at once."""
+    s, target, labels, mask = _lm_inputs()
+    args = KIND_ARGS.get(kind, {})
+    x = s.clone().requires_grad_()
+
+    def fused(y):
+        return distill_loss(y, target, kind=kind, temperature=T, labels=labels, loss_mask=mask, chunk_size=4, **args)
+
+    assert torch.autograd.gradcheck(fused, (x,))
+    out = fused(x)
+    assert out.shape == (2, *labels.shape)
+    lm = torch.nn.functional.cross_entropy(x.reshape(-1, x.shape[-1]), labels.reshape(-1), reduction="none")
+    kd = distill_loss(x, target, kind=kind, temperature=T, loss_mask=mask, **args)
+    separate = torch.stack([lm.reshape(labels.shape) * mask, kd])
+    torch.testing.assert_close(out, separate)
+    w = logits(*out.shape, seed=6)  # distinct weights for LM and KD
+    torch.testing.assert_close(torch.autograd.grad((out * w).sum(), x)[0], torch.autograd.grad((separate * w).sum(), x)[0])
+
+
+def test_fused_lm_with_a_truncated_dense_teacher_and_float32():
+    """Dense teacher logits truncated inside distill_loss take labels too; float32 logits give the fp64 values."""
+    s, _, labels, mask = _lm_inputs()
+    t = logits(*s.shape, seed=7)
+    kw = dict(kind="fkl", top_k=4, top_p=0.9, labels=labels, loss_mask=mask)
+    out64 = distill_loss(s, t, **kw)
+    out32 = distill_loss(s.float(), t.float(), **kw)
+    assert out32.dtype == torch.float32
+    torch.testing.assert_close(out32.double(), out64, rtol=1e-5, atol=1e-6)
+    kd = distill_loss(s, t, kind="fkl", top_k=4, top_p=0.9, loss_mask=mask)
+    torch.testing.assert_close(out64[1], kd)
+
+
 BAD = [
     (lambda s, t: distill_loss(s, t[..., :-1]), "shape"),
     (lambda s, t: distill_loss(s, t.reshape(2, 3, 10)), "shape"),
@@ -218,6 +270,9 @@ BAD = [
     (lambda s, t: distill_loss(s, t, loss_mask=torch.ones(3)), "loss_mask"),
     (lambda s, t: distill_loss(s, t.long()), "floating"),
     (lambda s, t: distill_loss(s, [1, 2]), "SparseTarget"),
+    (lambda s, t: distill_loss(s, t, labels=torch.zeros(3, 2, dtype=torch.long)), "sparse target"),
+    (lambda s, t: distill_loss(s, t, top_k=2, labels=torch.full((3, 2), 10)), r"labels must be global vocab ids in \[0, 10\)"),
+    (lambda s, t: distill_loss(s, t, top_k=2, labels=torch.zeros(3)), "labels must be a tensor of shape"),
 ]
 
 

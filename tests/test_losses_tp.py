@@ -27,7 +27,9 @@ def _full_inputs(dtype):
     lp = torch.randn(n, k + 1, generator=g).log_softmax(-1)[:, :k].to(dtype)
     ids[0, -1], lp[1, 0] = -1, float("-inf")  # unused slots
     mask = torch.rand(*LEAD, generator=g) > 0.3
-    return s, t, SparseTarget(ids.reshape(*LEAD, k), lp.reshape(*LEAD, k)), mask
+    labels = torch.randint(V, LEAD, generator=g)
+    labels.view(-1)[:6] = ids[:6, 1]  # some labels among the listed ids, in both shards
+    return s, t, SparseTarget(ids.reshape(*LEAD, k), lp.reshape(*LEAD, k)), mask, labels
 
 
 def _cases():
@@ -40,13 +42,17 @@ def _cases():
             yield f"{kind}-topp-only", kind, "dense", dict(top_p=0.8, **args)
             yield f"{kind}-sparse-topk", kind, "sparse", dict(top_k=3, **args)
         yield f"{kind}-masked", kind, "dense", dict(loss_mask=True, chunk_size=2, **args)
+        if kind in ("fkl", "rkl", "jsd"):  # the fused LM + KD pass (labels=) at T = 1 and T != 1
+            yield f"{kind}-sparse-lm", kind, "sparse", dict(labels=True, loss_mask=True, chunk_size=2, **args)
+            yield f"{kind}-sparse-lm-T2", kind, "sparse", dict(labels=True, temperature=2.0, **args)
+    yield "fkl-topk-lm", "fkl", "dense", dict(labels=True, top_k=5, temperature=1.5)
 
 
 def compute_all(rank, world, group):
     """Every case on this rank's vocab slice -> {case: (loss, grad slice)} plus truncation outputs."""
     out = {}
     for dtype in (torch.float64, torch.float32):
-        s_full, t_full, sparse, mask = _full_inputs(dtype)
+        s_full, t_full, sparse, mask, labels = _full_inputs(dtype)
         vl = V // world
         sl = slice(rank * vl, (rank + 1) * vl)
         s_loc, t_loc = s_full[..., sl].contiguous(), t_full[..., sl].contiguous()
@@ -54,6 +60,8 @@ def compute_all(rank, world, group):
             kw = dict(kw)
             if kw.pop("loss_mask", False):
                 kw["loss_mask"] = mask
+            if kw.pop("labels", False):
+                kw["labels"] = labels
             s = s_loc.clone().requires_grad_()
             COLLECTIVES.clear()
             loss = distill_loss(s, t_loc if target == "dense" else sparse, kind=kind, tp_group=group, **kw)
@@ -83,12 +91,41 @@ def _count_collectives():
         setattr(dist, name, counted)
 
 
+def separate_lm_and_kd(rank, world):
+    """The unfused path the trainer used before: megatron-core's vocab-parallel CE (on a copy: it edits
+    its input in place) + the sparse KD loss, for the fused cases -> {case: ((lm, kd), grad slice)}."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    ps.initialize_model_parallel(tensor_model_parallel_size=world)
+    out = {}
+    for dtype in (torch.float64, torch.float32):
+        s_full, t_full, sparse, mask, labels = _full_inputs(dtype)
+        vl = V // world
+        s_loc, t_loc = s_full[..., rank * vl:(rank + 1) * vl].contiguous(), t_full[..., rank * vl:(rank + 1) * vl]
+        for name, kind, target, kw in _cases():
+            if not kw.pop("labels", False):
+                continue
+            kw["loss_mask"] = mask if kw.pop("loss_mask", False) else torch.ones(LEAD, dtype=torch.bool)
+            s = s_loc.clone().requires_grad_()
+            lm = vocab_parallel_cross_entropy(s.clone(), labels) * kw["loss_mask"]
+            kd = distill_loss(s, t_loc.contiguous() if target == "dense" else sparse, kind=kind,
+                              tp_group=ps.get_tensor_model_parallel_group(), **kw)
+            loss = torch.stack([lm.to(kd.dtype), kd])
+            loss.backward(torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype).reshape(loss.shape))
+            out[(dtype, name)] = (loss.detach(), s.grad)
+    ps.destroy_model_parallel()
+    return out
+
+
 def _worker(rank, world, port, outdir):
     torch.set_num_threads(1)  # two ranks share the CPU
     _count_collectives()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        torch.save(compute_all(rank, world, dist.group.WORLD), os.path.join(outdir, f"rank{rank}.pt"))
+        result = compute_all(rank, world, dist.group.WORLD)
+        result["separate"] = separate_lm_and_kd(rank, world)
+        torch.save(result, os.path.join(outdir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -123,6 +160,20 @@ def test_tp2_equals_tp1(tp_results, name, dtype):
         torch.testing.assert_close(loss2, loss1, **tol, msg=lambda m: f"{name} loss rank {r}: {m}")
     grad2 = torch.cat([res[(dtype, name)][1] for res in ranks], dim=-1)
     torch.testing.assert_close(grad2, grad1, **tol, msg=lambda m: f"{name} grad: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_tp2_fused_lm_equals_megatron_ce_plus_kd(tp_results, dtype):
+    """labels= (one pass) == megatron-core's vocab-parallel CE + the KD loss, values and grads, at TP=2."""
+    _, ranks = tp_results
+    tol = dict(rtol=2e-5, atol=2e-6)  # megatron's CE computes in fp32 even for fp64 logits
+    names = [name for name, *_ in _cases() if name.endswith(("-lm", "-lm-T2"))]
+    assert len(names) == 7 and set(ranks[0]["separate"]) == {(d, n) for d in (torch.float64, torch.float32) for n in names}
+    for name in names:
+        for r, res in enumerate(ranks):
+            (fused, g_fused), (separate, g_sep) = res[(dtype, name)], res["separate"][(dtype, name)]
+            torch.testing.assert_close(fused, separate, **tol, msg=lambda m: f"{name} loss rank {r}: {m}")
+            torch.testing.assert_close(g_fused, g_sep, **tol, msg=lambda m: f"{name} grad rank {r}: {m}")
 
 
 @pytest.mark.parametrize("spec", ["truncate-0.9-5", "truncate-0.7-0", "truncate-1.0-3"])

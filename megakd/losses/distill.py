@@ -12,6 +12,11 @@ argmax (T applies to the student).
 The teacher is a constant (no gradient flows to it). The result is the per-token loss [...], fp32
 (fp64 for fp64 inputs); the student gradient comes back in the student's dtype. Callers mask and reduce. `loss_mask` (same leading shape)
 lets the loss skip tokens where it is 0: their loss and gradient are exactly 0.
+
+`labels` (global ids, same leading shape) fuses the LM loss into a sparse-target pass: the result is
+then [2, ...] = (cross-entropy of the label at T = 1, KD), from one chunk loop over the logits and
+one backward pass, in place of a separate vocab-parallel CE (see sparse.py). Dense targets that stay
+dense (untruncated, or kind 'mse') cannot take labels.
 """
 
 import math
@@ -38,9 +43,11 @@ def distill_loss(
     tp_group=None,
     chunk_size=None,
     loss_mask=None,
+    labels=None,
     **kind_args,
 ):
-    """Per-token KD loss between student logits [..., V_local] and a dense or sparse teacher."""
+    """Per-token KD loss [...] between student logits [..., V_local] and a dense or sparse teacher;
+    with `labels`, [2, ...] (LM cross-entropy, KD)."""
     _check_options(student_logits, temperature, top_p, top_k, chunk_size)
     term = make_term(kind, kind_args)
     v_local = student_logits.shape[-1]
@@ -79,17 +86,20 @@ def distill_loss(
     else:
         raise ValueError(f"teacher must be a logits Tensor or a SparseTarget, got {type(teacher).__name__}")
 
+    if labels is not None:
+        _check_labels(labels, lead, shard.v_global, teacher)
+        labels = labels.reshape(-1)
     if isinstance(teacher, SparseTarget):
         k = teacher.k
         loss = SparseDistill.apply(
-            student, teacher.ids.reshape(-1, k), teacher.logprobs.detach().reshape(-1, k), rows,
+            student, teacher.ids.reshape(-1, k), teacher.logprobs.detach().reshape(-1, k), labels, rows,
             term, float(temperature), shard, chunk_size,
         )
     else:
         loss = DenseDistill.apply(
             student, teacher.detach().reshape(-1, v_local), rows, term, float(temperature), shard, chunk_size
         )
-    return loss.reshape(lead)
+    return loss.reshape(*loss.shape[:-1], *lead)  # [...] or [2, ...]
 
 
 def _check_options(student, temperature, top_p, top_k, chunk_size):
@@ -112,6 +122,18 @@ def _rows(loss_mask, lead):
         raise ValueError(f"loss_mask shape {tuple(loss_mask.shape)} != student logits leading shape {tuple(lead)}")
     rows = loss_mask.reshape(-1).nonzero().squeeze(1)
     return None if rows.numel() == loss_mask.numel() else rows  # nothing to skip: plain slices are faster
+
+
+def _check_labels(labels, lead, v_global, teacher):
+    if not isinstance(teacher, SparseTarget):
+        raise ValueError("labels (the fused LM + KD pass) need a sparse target: a SparseTarget, or dense "
+                         "teacher logits with top_p < 1 or top_k > 0 (not kind 'mse')")
+    if not torch.is_tensor(labels) or tuple(labels.shape) != tuple(lead):
+        raise ValueError(f"labels must be a tensor of shape {tuple(lead)} (the student logits' leading shape)")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be an integer tensor of global vocab ids, got {labels.dtype}")
+    if labels.numel() and bool(((labels < 0) | (labels >= v_global)).any()):
+        raise ValueError(f"labels must be global vocab ids in [0, {v_global})")
 
 
 def _check_sparse(target, lead, v_global):

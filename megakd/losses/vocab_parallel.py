@@ -108,16 +108,20 @@ def new_grad(x: torch.Tensor, rows) -> torch.Tensor:
 
 
 def per_token_out(n_all: int, rows, values: torch.Tensor) -> torch.Tensor:
-    """Expand per-selected-token values to all tokens (skipped tokens get 0)."""
+    """Expand per-selected-token values [..., n] to all tokens [..., n_all] (skipped tokens get 0)."""
     if rows is None:
         return values
-    out = values.new_zeros(n_all)
-    out[rows] = values
+    out = values.new_zeros(*values.shape[:-1], n_all)
+    out[..., rows] = values
     return out
 
 
+def grad_rows(grad_out: torch.Tensor, rows, n_all: int) -> torch.Tensor:
+    """The incoming gradient of per_token_out's result as [outputs, n] for the computed tokens."""
+    g = grad_out.reshape(-1, n_all)
+    return g if rows is None else g[:, rows]
+
+
 def grad_scale(grad_out: torch.Tensor, rows, temperature: float) -> torch.Tensor:
-    """Per-token factor dLoss/dloss_token / T applied to every chunk's gradient."""
-    g = grad_out.reshape(-1)
-    g = g if rows is None else g[rows]
-    return g / temperature
+    """Per-token factor dLoss/dloss_token / T applied to every chunk's gradient (one output)."""
+    return grad_rows(grad_out, rows, grad_out.numel())[0] / temperature

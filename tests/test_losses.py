@@ -215,17 +215,19 @@ def _lm_inputs(lead=(3, 5), V=11, k=4):
 @pytest.mark.parametrize("kind", ["fkl", "rkl", "jsd"])
 @pytest.mark.parametrize("T", [1.0, 2.0])
 def test_fused_lm_gradcheck_and_equals_separate(kind, T):
-    """The fused pass (labels=) == cross-entropy of the labels + the sparse KD loss, values and grads;
-    float64 gradcheck of both outputs at once."""
+    """The fused pass (labels=) == cross-entropy of the labels + the sparse KD loss, values and grads
+    (the fused grads written into the logits' storage: grad_in_logits); float64 gradcheck of both
+    outputs at once (not in place: gradcheck runs the backward many times)."""
     s, target, labels, mask = _lm_inputs()
     args = KIND_ARGS.get(kind, {})
     x = s.clone().requires_grad_()
 
-    def fused(y):
-        return distill_loss(y, target, kind=kind, temperature=T, labels=labels, loss_mask=mask, chunk_size=4, **args)
+    def fused(y, in_place=False):
+        return distill_loss(y, target, kind=kind, temperature=T, labels=labels, loss_mask=mask, chunk_size=4,
+                            grad_in_logits=in_place, **args)
 
     assert torch.autograd.gradcheck(fused, (x,))
-    out = fused(x)
+    out = fused(x.clone(), in_place=True)
     assert out.shape == (2, *labels.shape)
     lm = torch.nn.functional.cross_entropy(x.reshape(-1, x.shape[-1]), labels.reshape(-1), reduction="none")
     kd = distill_loss(x, target, kind=kind, temperature=T, loss_mask=mask, **args)
@@ -235,18 +237,26 @@ def test_fused_lm_gradcheck_and_equals_separate(kind, T):
     torch.testing.assert_close(torch.autograd.grad((out * w).sum(), x)[0], torch.autograd.grad((separate * w).sum(), x)[0])
 
 
-def test_fused_lm_with_a_truncated_dense_teacher_and_float32():
-    """Dense teacher logits truncated inside distill_loss take labels too; float32 logits give the fp64 values."""
+def test_fused_lm_with_a_truncated_dense_teacher_low_precision_and_in_place():
+    """Dense teacher logits truncated inside distill_loss take labels too; float32 / bfloat16 logits give
+    the float64 values and grads; grad_in_logits leaves the gradient in the logits' own storage."""
     s, _, labels, mask = _lm_inputs()
     t = logits(*s.shape, seed=7)
     kw = dict(kind="fkl", top_k=4, top_p=0.9, labels=labels, loss_mask=mask)
-    out64 = distill_loss(s, t, **kw)
-    out32 = distill_loss(s.float(), t.float(), **kw)
-    assert out32.dtype == torch.float32
-    torch.testing.assert_close(out32.double(), out64, rtol=1e-5, atol=1e-6)
-    kd = distill_loss(s, t, kind="fkl", top_k=4, top_p=0.9, loss_mask=mask)
-    torch.testing.assert_close(out64[1], kd)
-
+    for dtype, in_place in [(torch.float32, True), (torch.bfloat16, True), (torch.float32, False)]:
+        x = s.to(dtype).requires_grad_()
+        y = x.clone()  # the logits
+        out = distill_loss(y, t.to(dtype), grad_in_logits=in_place, **kw)
+        assert out.dtype == torch.float32
+        out.sum().backward()
+        x64 = x.detach().double().requires_grad_()
+        expected = distill_loss(x64, t.to(dtype).double(), **kw)
+        expected.sum().backward()
+        tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-3)
+        torch.testing.assert_close(out.double(), expected.detach(), **tol)
+        torch.testing.assert_close(x.grad.double(), x64.grad, **tol)
+        assert torch.equal(y.detach(), x.grad if in_place else x.detach())
+        assert (x.grad.reshape(-1, s.shape[-1])[~mask.reshape(-1)] == 0).all()
 
 BAD = [
     (lambda s, t: distill_loss(s, t[..., :-1]), "shape"),

@@ -5,6 +5,7 @@ teacher-logits processing (temperature, top-p, top-k) and alpha schedules. See D
                         tp_group=tp_group, loss_mask=mask)          # per token [...]
     kd = (loss * mask).sum() / mask.sum()
     total = schedules.mix(lm_loss, kd, schedules.alpha_at("wsd", step, total_steps))
+    lm, kd = distill_loss(..., labels=labels)  # LM cross-entropy from the same pass (sparse targets)
 
 Modules: distill (entry point, validation, temperature convention), terms (each kind as a local
 term f, h), dense / sparse (the fused autograd functions), vocab_parallel (TP plumbing, chunking),
@@ -12,8 +13,8 @@ targets (SparseTarget, truncation), schedules (alpha).
 """
 
 from megakd.losses import schedules
-from megakd.losses.distill import distill_loss
+from megakd.losses.distill import distill_loss, fuses_lm
 from megakd.losses.targets import UNUSED_ID, SparseTarget, keep_top, truncate_teacher
 from megakd.losses.terms import KINDS
 
-__all__ = ["KINDS", "SparseTarget", "UNUSED_ID", "distill_loss", "keep_top", "schedules", "truncate_teacher"]
+__all__ = ["KINDS", "SparseTarget", "UNUSED_ID", "distill_loss", "fuses_lm", "keep_top", "schedules", "truncate_teacher"]

@@ -16,7 +16,11 @@ lets the loss skip tokens where it is 0: their loss and gradient are exactly 0.
 `labels` (global ids, same leading shape) fuses the LM loss into a sparse-target pass: the result is
 then [2, ...] = (cross-entropy of the label at T = 1, KD), from one chunk loop over the logits and
 one backward pass, in place of a separate vocab-parallel CE (see sparse.py). Dense targets that stay
-dense (untruncated, or kind 'mse') cannot take labels.
+dense (untruncated, or kind 'mse') cannot take labels. `grad_in_logits=True` (sparse path) makes the
+backward write the student gradient into the logits' own storage, as megatron's vocab-parallel CE
+does: no new [tokens, V_local] buffer to allocate and page in. Only for logits nothing reads after the
+backward, and for one backward per forward (a second one, or another autograd user of the logits,
+fails loudly on its version check).
 """
 
 import math
@@ -44,6 +48,7 @@ def distill_loss(
     chunk_size=None,
     loss_mask=None,
     labels=None,
+    grad_in_logits=False,
     **kind_args,
 ):
     """Per-token KD loss [...] between student logits [..., V_local] and a dense or sparse teacher;
@@ -86,6 +91,8 @@ def distill_loss(
     else:
         raise ValueError(f"teacher must be a logits Tensor or a SparseTarget, got {type(teacher).__name__}")
 
+    if grad_in_logits and not isinstance(teacher, SparseTarget):
+        raise ValueError("grad_in_logits needs a sparse target (a SparseTarget, or truncated dense logits)")
     if labels is not None:
         _check_labels(labels, lead, shard.v_global, teacher)
         labels = labels.reshape(-1)
@@ -93,13 +100,21 @@ def distill_loss(
         k = teacher.k
         loss = SparseDistill.apply(
             student, teacher.ids.reshape(-1, k), teacher.logprobs.detach().reshape(-1, k), labels, rows,
-            term, float(temperature), shard, chunk_size,
+            term, float(temperature), shard, chunk_size, bool(grad_in_logits),
         )
     else:
         loss = DenseDistill.apply(
             student, teacher.detach().reshape(-1, v_local), rows, term, float(temperature), shard, chunk_size
         )
     return loss.reshape(*loss.shape[:-1], *lead)  # [...] or [2, ...]
+
+
+def fuses_lm(teacher, kind, top_p=1.0, top_k=0) -> bool:
+    """Whether distill_loss takes `labels` for this teacher: a SparseTarget, or dense logits it
+    truncates (top_p < 1, top_k > 0 or kind 'nll'); dense logits that stay dense cannot."""
+    if isinstance(teacher, SparseTarget):
+        return True
+    return kind != "mse" and (kind == "nll" or top_p < 1.0 or top_k > 0)
 
 
 def _check_options(student, temperature, top_p, top_k, chunk_size):
@@ -125,7 +140,7 @@ def _rows(loss_mask, lead):
 
 
 def _check_labels(labels, lead, v_global, teacher):
-    if not isinstance(teacher, SparseTarget):
+    if not isinstance(teacher, SparseTarget):  # what fuses_lm says
         raise ValueError("labels (the fused LM + KD pass) need a sparse target: a SparseTarget, or dense "
                          "teacher logits with top_p < 1 or top_k > 0 (not kind 'mse')")
     if not torch.is_tensor(labels) or tuple(labels.shape) != tuple(lead):

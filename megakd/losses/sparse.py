@@ -40,7 +40,7 @@ class SparseDistill(torch.autograd.Function):
     sum-exp of each chunk (its max is T times the tempered one, so the one MAX reduction serves both)."""
 
     @staticmethod
-    def forward(ctx, student, ids, logp_ids, labels, rows, term, temperature, shard, chunk_size):
+    def forward(ctx, student, ids, logp_ids, labels, rows, term, temperature, shard, chunk_size, grad_in_logits):
         dt = vp.compute_dtype(student)
         if rows is not None:
             ids, logp_ids = ids[rows], logp_ids[rows]
@@ -101,13 +101,13 @@ class SparseDistill(torch.autograd.Function):
             if not own_lse:  # softmax(z) at the listed ids: the LM part of their gradient
                 q_ids, logz1 = torch.where(in_shard, logq_ids.exp(), 0.0), None
         ctx.save_for_backward(student, rows, idx, not_listed, listed, logz, c, q_ids, logz1, lab_in, lab_idx)
-        ctx.cfg = (temperature, shard, chunk_size, lm)
+        ctx.cfg = (temperature, shard, chunk_size, lm, grad_in_logits)
         return vp.per_token_out(student.shape[0], rows, loss)
 
     @staticmethod
     def backward(ctx, grad_out):
         student, rows, idx, not_listed, listed, logz, c, q_ids, logz1, lab_in, lab_idx = ctx.saved_tensors
-        temperature, shard, chunk_size, lm = ctx.cfg
+        temperature, shard, chunk_size, lm, grad_in_logits = ctx.cfg
         dt = logz.dtype
         g_out = vp.grad_rows(grad_out, rows, student.shape[0]).to(dt)  # [outputs, n]
         g_kd = g_out[-1] / temperature
@@ -122,16 +122,19 @@ class SparseDistill(torch.autograd.Function):
                 lm_shift, lm_sign = logz1 - g_lm.abs().log(), g_lm.sign()
         # q_j * coef as exp(s_j - logZ + log|coef|) * sign(coef): a huge coef (tiny Q_ghost) cannot overflow
         shift, sign = logz - coef.abs().log(), coef.sign()
-        grad = vp.new_grad(student, rows)
+        grad = vp.new_grad(student, rows, reuse=grad_in_logits)
         for sl in vp.chunks(logz.numel(), shard.v_local, chunk_size):
             x = vp.take(student, rows, sl)
             s = vp.tempered(x, temperature, dt)
-            g = (s - shift[sl, None]).exp_().mul_(sign[sl, None])
+            lm_part = None
+            if lm and logz1 is not None:  # T != 1: softmax(z), read before x's rows may be overwritten
+                lm_part = (x.to(dt) - lm_shift[sl, None]).exp_().mul_(lm_sign[sl, None])
+            g = torch.sub(s, shift[sl, None], out=vp.rows_buffer(grad, rows, sl, dt)).exp_().mul_(sign[sl, None])
             g.scatter_reduce_(1, idx[sl], not_listed[sl], "prod")  # clear listed entries ...
             g.scatter_add_(1, idx[sl], fix[sl])  # ... and set them
+            if lm_part is not None:
+                g += lm_part
             if lm:
-                if logz1 is not None:
-                    g += (x.to(dt) - lm_shift[sl, None]).exp_().mul_(lm_sign[sl, None])
                 g.scatter_add_(1, lab_idx[sl], lab_grad[sl])
             vp.scatter_rows(grad, rows, sl, g)
-        return grad, None, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None, None

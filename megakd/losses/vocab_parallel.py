@@ -95,16 +95,34 @@ def take(x: torch.Tensor, rows, sl: slice) -> torch.Tensor:
 
 
 def scatter_rows(full: torch.Tensor, rows, sl: slice, value: torch.Tensor) -> None:
-    """full[sl] = value, or full[rows[sl]] = value."""
+    """full[sl] = value, or full[rows[sl]] = value (nothing to do when value is full[sl] itself)."""
     if rows is None:
-        full[sl] = value
+        if value.data_ptr() != full[sl].data_ptr():
+            full[sl] = value
     else:
         full.index_copy_(0, rows[sl], value.to(full.dtype))
 
 
-def new_grad(x: torch.Tensor, rows) -> torch.Tensor:
-    """Gradient buffer in the input dtype; zero-filled only when some rows are skipped."""
-    return torch.empty_like(x) if rows is None else torch.zeros_like(x)
+def rows_buffer(full: torch.Tensor, rows, sl: slice, dtype: torch.dtype) -> torch.Tensor:
+    """Where to compute rows sl of `full` in `dtype`: full[sl] itself when it can hold them (saves a
+    [chunk, V_local] copy per chunk), else a new tensor for scatter_rows."""
+    if rows is None and full.dtype == dtype:
+        return full[sl]
+    n = sl.stop - sl.start if rows is None else rows[sl].numel()
+    return full.new_empty((n, full.shape[1]), dtype=dtype)
+
+
+def new_grad(x: torch.Tensor, rows, reuse: bool = False) -> torch.Tensor:
+    """Gradient buffer in the input dtype; zero-filled only where rows are skipped. `reuse`: x's own
+    storage, as megatron's vocab-parallel CE does (no new [tokens, V_local] buffer to allocate and
+    page in); the backward reads each chunk of x before writing it."""
+    if not reuse:
+        return torch.empty_like(x) if rows is None else torch.zeros_like(x)
+    if rows is not None:
+        skipped = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        skipped[rows] = False
+        x.index_fill_(0, skipped.nonzero().squeeze(1), 0)
+    return x
 
 
 def per_token_out(n_all: int, rows, values: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ a layer-spec swap, as megatron-core intends.
 """
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -147,3 +148,20 @@ def build_model(cfg: ModelConfig, parallel: ParallelConfig, vocab_size: int, seq
     if not torch.cuda.is_available():
         return model
     return model.cuda(torch.cuda.current_device())
+
+
+def sharded_logits(gpt: GPTModel, forward: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The last stage's vocab-sharded logits [s, b, V/TP] of `forward()` (a call of `gpt`, possibly
+    through wrappers such as DDP), in megatron's own layout. GPTModel.forward would transpose them to
+    [b, s, V/TP] with a full copy; with `post_process` off for the call it returns the decoder output
+    (final norm applied) and the output layer runs here instead, on the same weight."""
+    if not gpt.post_process or gpt.config.mtp_num_layers:
+        raise ValueError("sharded_logits needs the last pipeline stage of a GPTModel without MTP layers")
+    gpt.post_process = False
+    try:
+        hidden = forward()
+    finally:
+        gpt.post_process = True
+    weight = gpt.shared_embedding_or_output_weight() if gpt.share_embeddings_and_output_weights else None
+    logits, _ = gpt.output_layer(hidden, weight=weight)
+    return logits

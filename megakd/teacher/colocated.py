@@ -4,7 +4,7 @@ At PP > 1 the teacher's layers are split over the student's pipeline stages like
 its hidden states ride along with the student's in megatron-core's 1F1B p2p: `PipelinePair` sends
 cat([student, teacher], hidden) and splits what it receives. The teacher part is detached, so the
 gradient sent back is the student's own, with zeros in the teacher's columns. On the last stage the
-teacher's dense vocab-sharded logits go straight into `distill_loss`.
+teacher's dense vocab-sharded logits [s, b, V/TP] go straight into `distill_loss`.
 """
 
 from typing import Callable, List, Optional, Tuple
@@ -14,6 +14,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.utils import get_attr_wrapped_model
 
 from megakd.config import ParallelConfig
+from megakd.models import sharded_logits
 from megakd.teacher import TeacherSource
 from megakd.teacher.loading import load_teacher, teacher_path
 
@@ -43,10 +44,11 @@ class PipelinePair(torch.nn.Module):
     def forward(self, tokens, position_ids, attention_mask, **kwargs):
         out = self.module(tokens, position_ids, attention_mask, **kwargs)
         with torch.no_grad():
+            if self.teacher.post_process:  # in the student's logits layout [s, b, V/TP]
+                self.teacher_logits = sharded_logits(
+                    self.teacher, lambda: self.teacher(tokens, position_ids, attention_mask))
+                return out
             teacher_out = self.teacher(tokens, position_ids, attention_mask)
-        if self.teacher.post_process:
-            self.teacher_logits = teacher_out
-            return out
         # The p2p sends one tensor of the student's pipeline dtype.
         return torch.cat([out, teacher_out.to(out.dtype)], dim=-1)
 

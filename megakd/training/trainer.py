@@ -24,8 +24,8 @@ from megakd import platform
 from megakd.config import Config
 from megakd.data.gpt import BatchStream, build_datasets
 from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer, vocab_fingerprint
-from megakd.losses import distill_loss, schedules
-from megakd.models import build_model
+from megakd.losses import SparseTarget, distill_loss, fuses_lm, schedules
+from megakd.models import build_model, sharded_logits
 from megakd.training import checkpoint
 from megakd import teacher as teacher_source
 from megakd.teacher.loading import hf_checkpoint
@@ -147,20 +147,25 @@ class Trainer:
             # per-token CE (vocab-parallel) on the last stage, hidden states on the others
             output = model(tokens, positions, None, labels=labels)
             return output, partial(self.loss_func, batch["loss_mask"])
-        # KD: the student's vocab-sharded logits feed both the LM loss and the fused KD loss.
-        logits = model(tokens, positions, None)  # [b, s, V/TP]
-        target = self.teacher.targets(batch)  # dense logits or a SparseTarget
-        # A copy, never a view (with micro_batch_size 1 the transpose is already contiguous):
-        # megatron's vocab-parallel CE edits its input in place, and KD reads `logits` after it.
-        lm = self.model.compute_language_model_loss(
-            labels, logits.transpose(0, 1).clone(memory_format=torch.contiguous_format))
+        # KD: the student's vocab-sharded logits, in megatron's [s, b] layout (no transpose copy), feed
+        # the LM and KD losses; the [b, s] batch tensors are transposed to match (views, small).
+        logits = sharded_logits(self.model, lambda: model(tokens, positions, None))  # [s, b, V/TP]
+        target = self.teacher.targets(batch)  # dense [s, b, V/TP] logits or a SparseTarget [b, s, k]
+        dense = torch.is_tensor(target)
+        if not dense:
+            target = SparseTarget(target.ids.transpose(0, 1), target.logprobs.transpose(0, 1))
         k = self.cfg.kd
         # Dense teacher logits are truncated here; a SparseTarget arrives truncated by its source.
-        dense = torch.is_tensor(target)
-        kd = distill_loss(logits, target, kind=k.kind, temperature=k.temperature,
-                          top_p=k.top_p if dense else 1.0, top_k=k.top_k if dense else 0,
-                          tp_group=ps.get_tensor_model_parallel_group(), loss_mask=batch["loss_mask"])
-        return torch.stack([lm.float(), kd]), partial(self.loss_func, batch["loss_mask"])
+        kw = dict(kind=k.kind, temperature=k.temperature, top_p=k.top_p if dense else 1.0,
+                  top_k=k.top_k if dense else 0, tp_group=ps.get_tensor_model_parallel_group(),
+                  loss_mask=batch["loss_mask"].t())
+        if fuses_lm(target, k.kind, kw["top_p"], kw["top_k"]):  # one pass for both: [2, s, b]
+            # nothing else reads the logits, so the backward may write their gradient in place
+            per_token = distill_loss(logits, target, labels=labels.t(), grad_in_logits=True, **kw)
+        else:  # the target stays dense: megatron's CE, on a copy (it edits its input in place), + KD
+            lm = self.model.compute_language_model_loss(labels, logits.clone())  # [b, s]
+            per_token = torch.stack([lm.float().t(), distill_loss(logits, target, **kw)])
+        return per_token.transpose(1, 2), partial(self.loss_func, batch["loss_mask"])
 
     def alpha(self) -> float:
         """KD weight of the step being computed (kd.alpha_schedule over train.iters)."""

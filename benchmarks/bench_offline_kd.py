@@ -1,6 +1,6 @@
 """Offline-KD training step time vs LM-only step time on the tiny config, in one process.
 
-    python benchmarks/bench_offline_kd.py [--steps 8] [--pairs 2] [--tokens 65536]
+    python benchmarks/bench_offline_kd.py [--steps 8] [--pairs 2] [--tokens 65536] [--head-rounds 8]
 
 Needs the demo data (scripts/demo.sh). Builds a small dataset from the first `--tokens` Shakespeare
 tokens (documents of <= 1024 tokens), writes a logits store for it with `write_store` (random sparse
@@ -8,6 +8,13 @@ rows, ~50 entries per token like SmolLM2 at top-p 0.95 / top-k 100 on real text:
 change the cost), then alternates an LM-only Trainer and an offline-KD Trainer (configs/tiny_cpu.yaml,
 1 rank, one thread) `--pairs` times; the figure is the median step time after 2 warm-up steps, and
 the ratio pairs each KD run with the LM run next to it.
+
+Then, where a step's KD cost sits: the loss head alone (output layer + losses, forward + backward, one
+micro-batch of the tiny config: [s=128, b=4] tokens, hidden 128, V 50304, sparse targets of 10-100
+entries), interleaved `--head-rounds` times in one process: LM only (megatron's vocab-parallel CE on
+the [s, b, V] logits, as GPTModel computes it), the previous unfused KD head (GPTModel's [b, s, V]
+transpose copy, a copy for megatron's in-place CE, then the sparse KD loss) and the fused one
+(`distill_loss(..., labels=, grad_in_logits=True)` on the [s, b, V] logits, as the trainer does now).
 """
 
 import argparse
@@ -79,11 +86,65 @@ def step_times(overrides, steps):
     return statistics.median(times[2:]), {k: statistics.median(v[2:]) for k, v in extra.items()}
 
 
+def head_times(rounds):
+    """Median seconds of one forward + backward of each loss head (see the module docstring)."""
+    import torch
+    import torch.nn.functional as F
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    from megakd import platform
+    from megakd.losses import SparseTarget, distill_loss
+
+    platform.init_distributed()
+    platform.init_model_parallel(1, 1)
+    s, b, h, v = 128, 4, 128, 50304
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(s, b, h, generator=g)
+    weight = (0.05 * torch.randn(v, h, generator=g)).requires_grad_()
+    labels = torch.randint(v, (b, s), generator=g)
+    ids = torch.stack([torch.randperm(v, generator=g)[:TOP_K] for _ in range(b * s)]).reshape(b, s, TOP_K)
+    used = torch.arange(TOP_K) < torch.randint(10, TOP_K + 1, (b, s, 1), generator=g)
+    logprobs = torch.randn(b, s, TOP_K, generator=g).masked_fill(~used, float("-inf")).log_softmax(-1)
+    target = SparseTarget(ids.masked_fill(~used, -1), logprobs)  # [b, s, k], as the store gives it
+    mask, alpha = torch.ones(b, s), 0.9
+
+    def lm_only():
+        lm = vocab_parallel_cross_entropy(F.linear(hidden, weight), labels.t().contiguous()).t()
+        (lm * mask).sum().backward()
+
+    def unfused():
+        logits = F.linear(hidden, weight).transpose(0, 1).contiguous()  # GPTModel's [b, s, V] copy
+        lm = vocab_parallel_cross_entropy(logits.transpose(0, 1).clone(memory_format=torch.contiguous_format),
+                                          labels.t().contiguous()).t()
+        kd = distill_loss(logits, target, loss_mask=mask)
+        (((1 - alpha) * lm + alpha * kd) * mask).sum().backward()
+
+    def fused():
+        sb = SparseTarget(target.ids.transpose(0, 1), target.logprobs.transpose(0, 1))
+        lm, kd = distill_loss(F.linear(hidden, weight), sb, labels=labels.t(), loss_mask=mask.t(),
+                              grad_in_logits=True).transpose(1, 2)
+        (((1 - alpha) * lm + alpha * kd) * mask).sum().backward()
+
+    heads = {"lm-only": lm_only, "unfused kd": unfused, "fused kd": fused}
+    times = {name: [] for name in heads}
+    try:
+        for _ in range(rounds + 1):  # the first round warms up
+            for name, run in heads.items():
+                weight.grad = None
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+    finally:
+        platform.destroy()
+    return {name: statistics.median(t[1:]) for name, t in times.items()}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=65536)
+    parser.add_argument("--head-rounds", type=int, default=8, help="rounds of the loss-head comparison (0: skip)")
     args = parser.parse_args()
     if not os.path.exists(DEMO + ".idx"):
         sys.exit("error: demo data missing; run scripts/demo.sh first (it fetches and preprocesses it)")
@@ -107,6 +168,11 @@ def main():
                   f"{off / lm:.2f}x; lookup {extra['lookup time']:.4f} s/step on the thread, "
                   f"wait {extra['lookup wait']:.4f} s/step", flush=True)
         print(f"median ratio offline-KD / LM-only step: {statistics.median(ratios):.2f}x")
+    if args.head_rounds:
+        t = head_times(args.head_rounds)
+        print("loss head, one micro-batch, fwd + bwd: " + ", ".join(f"{k} {v:.3f} s" for k, v in t.items()))
+        print(f"  unfused / lm-only {t['unfused kd'] / t['lm-only']:.2f}x, fused / lm-only "
+              f"{t['fused kd'] / t['lm-only']:.2f}x, fused / unfused {t['fused kd'] / t['unfused kd']:.2f}x")
 
 
 if __name__ == "__main__":

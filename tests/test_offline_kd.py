@@ -95,7 +95,10 @@ def setup(tiny_corpus, tmp_path_factory):
         target = SparseTarget(ids.view(8, -1, TOP_K), lps.view(8, -1, TOP_K))
         mask = batch["loss_mask"]
         kd = (distill_loss(logits, target, kind="fkl", temperature=T, loss_mask=mask) * mask).sum()
-    return {"init": init, "rows": rows, "store": store, "kd1": (kd / mask.sum()).item()}
+        lm = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), reduction="none")
+        lm = (lm * mask.flatten()).sum()
+    return {"init": init, "rows": rows, "store": store, "kd1": (kd / mask.sum()).item(),
+            "lm1": (lm / mask.sum()).item()}
 
 
 def _run(corpus, work, nproc=1, **overrides):
@@ -171,6 +174,7 @@ def test_one_step_from_the_store_equals_in_process_targets_at_tp1_tp2(setup, tin
     ref = _run(tiny_corpus, tmp_path / "ref", **args)
     assert ref[1]["kd loss"] == pytest.approx(setup["kd1"], rel=1e-3)  # stored probabilities are quantised
     assert ref[1]["kd loss"] > 1e-3 and "lookup time" in ref[1]
+    assert ref[1]["lm loss"] == pytest.approx(setup["lm1"], rel=1e-5)  # from the fused LM + KD pass
     for name, layout in {"tp2": {"parallel.tp": 2}, "pp2": {"parallel.pp": 2},
                          "dp2_mbs1": {"train.micro_batch_size": 1}}.items():
         got = _run(tiny_corpus, tmp_path / name, nproc=2, **args, **layout)

@@ -310,11 +310,27 @@ class Study:
                 r = results[f"{run}@{d}"]
                 lines.append(f"| {run} at step {d} | {d} | {d * tokens_per_step:,} | {r['shakespeare']:.3f} | "
                              f"{r['kjv']:.3f} | |")
+        lines += ["", self.dedicated_vs_offline(summary), "",
+                  "Stage wall times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in self.timings.items()
+                                                       if not k.startswith("eval_"))]
+        self._save_json("results.json", summary)
         text = "\n".join(lines) + "\n"
         with open(self.path("results.md"), "w") as f:
             f.write(text)
         print(text)
         self.plot(results, tokens_per_step)
+
+    def dedicated_vs_offline(self, summary) -> str:
+        """Per-step training losses of the dedicated-teacher run against offline PD (same schedule)."""
+        on = read_metrics(self.path("runs", "pd_dedicated", "metrics.jsonl"))
+        off = read_metrics(self.path("runs", "pd_offline", "metrics.jsonl"))
+        steps = sorted(set(on) & set(off))
+        cmp = {key: [on[i][key] - off[i][key] for i in steps] for key in ("lm loss", "kd loss")}
+        summary["dedicated_vs_offline"] = {"steps": steps, **{k: v for k, v in cmp.items()},
+                                           "offline kd loss": [off[i]["kd loss"] for i in steps]}
+        return (f"Dedicated - offline, per training step 1..{steps[-1]}: lm loss "
+                + " ".join(f"{d:+.3f}" for d in cmp["lm loss"]) + "; kd loss "
+                + " ".join(f"{d:+.3f}" for d in cmp["kd loss"]))
 
     def plot(self, results, tokens_per_step):
         import matplotlib

@@ -1,6 +1,7 @@
 """MiniPLM Difference Sampling: instances, scoring (vs a direct computation), kill + resume,
 selection into a refined corpus, cross-family re-tokenisation, and the user errors."""
 
+import json
 import os
 import subprocess
 import sys
@@ -257,3 +258,54 @@ def test_split_dataset_is_deterministic_and_partitions_the_documents(tiny_corpus
     assert (tmp_path / "held2.bin").read_bytes() == (tmp_path / "held.bin").read_bytes()
     with pytest.raises(DataError, match="at least one"):
         split_dataset(prefix, str(tmp_path / "h"), str(tmp_path / "r"), fraction=0.0001)
+
+
+# ------------------------------------------------------------------ held-out loss (tools/eval_loss.py)
+EVAL = os.path.join(REPO, "tools", "eval_loss.py")
+
+
+def test_heldout_windows_predict_every_token_but_the_first_once():
+    from megakd.training.heldout import windows
+
+    doc = numpy.arange(23)
+    for L in (1, 4, 22, 50):
+        w = windows(doc, L)
+        assert all(2 <= len(x) <= L + 1 for x in w)
+        assert numpy.array_equal(numpy.concatenate([x[1:] for x in w]), doc[1:])
+
+
+def test_heldout_loss_is_the_documents_mean_nll_on_one_rank_and_two(setup, tmp_path):
+    """Windows longer than every document: the token-weighted mean of each document's own mean
+    log-likelihood (the scoring path); DP2 (windows spread, sums all-reduced) == one process."""
+    from megakd.miniplm.model import load_for_inference
+    from megakd.miniplm.score import mean_logprobs
+    from megakd.training.heldout import heldout_loss, windows
+
+    docs = Instances([setup["prefix"]], "documents")
+    batch = [docs.tokens(i) for i in range(len(docs))]
+    n = numpy.array([len(x) - 1 for x in batch], dtype=numpy.float64)
+    with single_process():
+        model = load_for_inference(setup["teacher"]).model
+        want = -(mean_logprobs(model, batch, "cpu").numpy() * n).sum() / n.sum()
+        wins = [w for x in batch for w in windows(x, 8)]
+        m = numpy.array([len(w) - 1 for w in wins], dtype=numpy.float64)
+        want_short = -(mean_logprobs(model, wins, "cpu").numpy() * m).sum() / m.sum()
+        one = heldout_loss(model, setup["prefix"], seq_length=1000, micro_batch_size=3, device="cpu")
+        short = heldout_loss(model, setup["prefix"], seq_length=8, micro_batch_size=3, device="cpu")
+    assert one["tokens"] == short["tokens"] == n.sum()
+    assert abs(one["nll"] - want) < 1e-5
+    assert abs(short["nll"] - want_short) < 1e-5 and abs(short["nll"] - one["nll"]) > 1e-4
+    out = tmp_path / "eval.json"
+    run_job(["--ckpt", setup["teacher"], "--data-prefix", setup["prefix"], "--seq-length", 1000,
+             "--micro-batch-size", 3, "--output", out], nproc=2, script=EVAL)
+    got = json.loads(out.read_text())[setup["prefix"]]
+    assert got["tokens"] == n.sum() and abs(got["nll"] - one["nll"]) < 1e-5
+
+
+def test_heldout_loss_on_data_of_another_tokenizer_is_a_one_line_error(setup, tiny_corpus, tmp_path):
+    prefix = str(tmp_path / "big_ids")
+    write_indexed(prefix, [[1, 2, 10 ** 6]], 2 * 10 ** 6)
+    proc = run_job(["--ckpt", setup["teacher"], "--data-prefix", prefix, "--seq-length", 8],
+                   script=EVAL, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("evaluate on data made with the model's")

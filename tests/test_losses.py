@@ -234,7 +234,8 @@ def test_fused_lm_gradcheck_and_equals_separate(kind, T):
     separate = torch.stack([lm.reshape(labels.shape) * mask, kd])
     torch.testing.assert_close(out, separate)
     w = logits(*out.shape, seed=6)  # distinct weights for LM and KD
-    torch.testing.assert_close(torch.autograd.grad((out * w).sum(), x)[0], torch.autograd.grad((separate * w).sum(), x)[0])
+    (g_fused,), (g_separate,) = torch.autograd.grad((out * w).sum(), x), torch.autograd.grad((separate * w).sum(), x)
+    torch.testing.assert_close(g_fused, g_separate)
 
 
 def test_fused_lm_with_a_truncated_dense_teacher_low_precision_and_in_place():
@@ -281,7 +282,7 @@ BAD = [
     (lambda s, t: distill_loss(s, t.long()), "floating"),
     (lambda s, t: distill_loss(s, [1, 2]), "SparseTarget"),
     (lambda s, t: distill_loss(s, t, labels=torch.zeros(3, 2, dtype=torch.long)), "sparse target"),
-    (lambda s, t: distill_loss(s, t, top_k=2, labels=torch.full((3, 2), 10)), r"labels must be global vocab ids in \[0, 10\)"),
+    (lambda s, t: distill_loss(s, t, top_k=2, labels=torch.full((3, 2), 10)), r"labels must be global vocab ids"),
     (lambda s, t: distill_loss(s, t, top_k=2, labels=torch.zeros(3)), "labels must be a tensor of shape"),
 ]
 

@@ -168,7 +168,8 @@ def test_tp2_fused_lm_equals_megatron_ce_plus_kd(tp_results, dtype):
     _, ranks = tp_results
     tol = dict(rtol=2e-5, atol=2e-6)  # megatron's CE computes in fp32 even for fp64 logits
     names = [name for name, *_ in _cases() if name.endswith(("-lm", "-lm-T2"))]
-    assert len(names) == 7 and set(ranks[0]["separate"]) == {(d, n) for d in (torch.float64, torch.float32) for n in names}
+    assert len(names) == 7
+    assert set(ranks[0]["separate"]) == {(d, n) for d in (torch.float64, torch.float32) for n in names}
     for name in names:
         for r, res in enumerate(ranks):
             (fused, g_fused), (separate, g_sep) = res[(dtype, name)], res["separate"][(dtype, name)]

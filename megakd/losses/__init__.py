@@ -17,4 +17,5 @@ from megakd.losses.distill import distill_loss, fuses_lm
 from megakd.losses.targets import UNUSED_ID, SparseTarget, keep_top, truncate_teacher
 from megakd.losses.terms import KINDS
 
-__all__ = ["KINDS", "SparseTarget", "UNUSED_ID", "distill_loss", "fuses_lm", "keep_top", "schedules", "truncate_teacher"]
+__all__ = ["KINDS", "SparseTarget", "UNUSED_ID", "distill_loss", "fuses_lm", "keep_top", "schedules",
+           "truncate_teacher"]

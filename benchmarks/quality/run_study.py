@@ -24,6 +24,8 @@ would run them (each command is printed and logged under WORK/logs/):
                             --dedicated-iters steps of the same schedule (train.exit_interval)
               miniplm       LM loss only, on the refined corpus
               miniplm_pd    PD offline on the refined corpus
+              lm_random_half  control for miniplm: LM loss only on as many pool tokens picked at
+                            random (the same repetition over fewer unique tokens, no selection)
   eval      tools/eval_loss.py: held-out loss (nats/token, windows of seq_length) of every saved
             checkpoint of every run, of the teacher and of the reference, on both held-out corpora
 Writes WORK/results.json, WORK/results.md (the table) and WORK/curves.png. Every stage is skipped
@@ -78,7 +80,7 @@ BUDGETS = {
                     heads=4, groups=2, seq_length=64, micro_batch=2, global_batch=4, iters=6,
                     dedicated_iters=3, ref_layers=1, ref_hidden=64, ref_iters=4, save_every=3),
 }
-RUNS = ("lm", "pd_offline", "pd_dedicated", "miniplm", "miniplm_pd")
+RUNS = ("lm", "pd_offline", "pd_dedicated", "miniplm", "miniplm_pd", "lm_random_half")
 
 
 def gguf_path() -> str:
@@ -223,6 +225,12 @@ class Study:
         if not os.path.isfile(self.prefix("refined") + ".idx"):
             self.sh("select", ["tools/miniplm_select.py", "--scores", scores, "--data-prefix", self.prefix("pool"),
                                "--ratio", "0.5", "--output-prefix", self.prefix("refined")])
+        # Control: as many tokens of the pool picked at random (same repetition as the refined corpus)
+        if not os.path.isfile(self.prefix("random_half") + ".idx"):
+            kept = self._load_json(self.prefix("refined") + ".stats.json")["tokens_kept"]
+            self.sh("random_half", ["tools/split_dataset.py", "--input", self.prefix("pool"), "--tokens", str(kept),
+                                    "--seed", "0", "--held-out-prefix", self.prefix("random_half"),
+                                    "--rest-prefix", self.prefix("random_rest")])
 
     def dump(self, name):
         out, done = self.path(f"{name}.logits"), self.path(f"{name}.logits.done")
@@ -247,6 +255,7 @@ class Study:
         self.train("pd_offline", {"data.prefix": pool, **self.kd_args("offline", store=self.dump("pool"))})
         self.train("miniplm", {"data.prefix": refined})
         self.train("miniplm_pd", {"data.prefix": refined, **self.kd_args("offline", store=self.dump("refined"))})
+        self.train("lm_random_half", {"data.prefix": self.prefix("random_half")})
         # The same schedule as pd_offline (train.iters), stopped after its first steps: the teacher
         # forwards every training token online, at the teacher's own speed.
         self.train("pd_dedicated", {"data.prefix": pool, **self.kd_args("online"),

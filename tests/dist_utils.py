@@ -1,6 +1,5 @@
 """Run megakd entry points as real processes (python or torchrun/gloo) and read their metrics."""
 
-import json
 import os
 import signal
 import socket
@@ -9,6 +8,7 @@ import sys
 import tempfile
 
 from megakd.platform import is_rendezvous_var
+from megakd.training.logging import read_metrics  # noqa: F401  (tests import it from here)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN = os.path.join(REPO, "examples", "pretrain_pd.py")
@@ -53,17 +53,6 @@ def run_job(args, nproc: int = 1, env=None, timeout: int = 600, script: str = PR
                              f"\n--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n"
                              f"{result.stderr[-4000:]}")
     return result
-
-
-def read_metrics(path, split="train"):
-    """{iteration: metrics} from a log.metrics_file."""
-    out = {}
-    with open(path) as f:
-        for line in f:
-            rec = json.loads(line)
-            if rec["split"] == split:
-                out[rec["iter"]] = rec
-    return out
 
 
 def tiny_args(corpus, workdir, **overrides):

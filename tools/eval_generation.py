@@ -41,6 +41,7 @@ def main(argv=None):
     import torch
 
     from megakd import platform
+    from megakd.data.shards import write_json_atomic
     from megakd.minillm import cli
     from megakd.minillm.data import encode, read_jsonl
     from megakd.minillm.evaluate import evaluate, generation_rouge
@@ -61,10 +62,7 @@ def main(argv=None):
         if torch.distributed.get_rank() == 0:
             print(json.dumps(result, indent=1))
             if args.output:
-                tmp = f"{args.output}.tmp-{os.getpid()}"
-                with open(tmp, "w") as f:
-                    json.dump(result, f, indent=1)
-                os.replace(tmp, args.output)
+                write_json_atomic(args.output, result)
     finally:
         platform.destroy()
 

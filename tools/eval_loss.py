@@ -34,19 +34,16 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from megakd import platform
+    from megakd.data.shards import write_json_atomic
     from megakd.training.heldout import evaluate_checkpoint
 
     try:
         res = evaluate_checkpoint(args.ckpt, args.data_prefix, args.seq_length, args.micro_batch_size,
                                   args.tp, args.pp)
         if res is not None:
-            line = json.dumps(res)
-            print(line, flush=True)
+            print(json.dumps(res), flush=True)
             if args.output:
-                tmp = args.output + ".tmp"
-                with open(tmp, "w") as f:
-                    f.write(line + "\n")
-                os.replace(tmp, args.output)
+                write_json_atomic(args.output, res)
     finally:
         platform.destroy()
 

@@ -46,6 +46,9 @@ from typing import Dict, List
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
+from megakd.data.shards import write_json_atomic  # noqa: E402
+from megakd.training.logging import read_metrics  # noqa: E402
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -108,10 +111,7 @@ class Study:
         return json.load(open(p)) if os.path.isfile(p) else {}
 
     def _save_json(self, name, obj):
-        tmp = self.path(name + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, self.path(name))
+        write_json_atomic(self.path(name), obj)
 
     def sh(self, name: str, cmd: List[str], nproc: int = 1) -> None:
         """Run one repo tool as a user would; its output goes to WORK/logs/NAME.log."""
@@ -400,16 +400,6 @@ def kjv_text(assets: str) -> str:
     os.replace(out + ".tmp", out)
     shutil.rmtree(work, ignore_errors=True)
     return text
-
-
-def read_metrics(path) -> Dict[int, dict]:
-    out = {}
-    with open(path) as f:
-        for line in f:
-            rec = json.loads(line)
-            if rec.get("split") == "train":
-                out[rec["iter"]] = rec
-    return out
 
 
 def main():

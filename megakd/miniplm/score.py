@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy
 import torch
@@ -53,9 +53,9 @@ class ScoreArgs:
     progress: Optional[bool] = True
 
 
-def mean_logprobs(model, batch: List[numpy.ndarray], device) -> Optional[torch.Tensor]:
-    """Mean log p of tokens 1..n-1 of each sequence (right-padded into one batch), float64 [b];
-    None on a pipeline stage other than the last."""
+def sequence_nll(model, batch: List[numpy.ndarray], device) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """(sum of -log p of tokens 1..n-1, n-1) of each sequence (right-padded into one batch), both
+    float64 [b]; None on a pipeline stage other than the last."""
     width = max(len(x) for x in batch) - 1
     tokens = torch.zeros(len(batch), width + 1, dtype=torch.long)
     mask = torch.zeros(len(batch), width, dtype=torch.float64)
@@ -67,8 +67,16 @@ def mean_logprobs(model, batch: List[numpy.ndarray], device) -> Optional[torch.T
                         tokens[:, 1:].to(device))
     if nll is None:
         return None
-    nll = nll.double().cpu() * mask
-    return -nll.sum(1) / mask.sum(1)  # 0/0 = NaN for a one-token instance
+    return (nll.double().cpu() * mask).sum(1), mask.sum(1)
+
+
+def mean_logprobs(model, batch: List[numpy.ndarray], device) -> Optional[torch.Tensor]:
+    """Mean log p of tokens 1..n-1 of each sequence, float64 [b]; None off the last stage."""
+    out = sequence_nll(model, batch, device)
+    if out is None:
+        return None
+    nll, count = out
+    return -nll / count  # 0/0 = NaN for a one-token instance
 
 
 def per_token_nll(model, tokens, position_ids, labels) -> Optional[torch.Tensor]:

@@ -23,35 +23,34 @@ def windows(doc: numpy.ndarray, seq_length: int) -> List[numpy.ndarray]:
     return [doc[a:a + seq_length + 1] for a in range(0, len(doc) - 1, seq_length)]
 
 
-def heldout_loss(model, prefix: str, seq_length: int, micro_batch_size: int, device) -> Dict[str, float]:
+def heldout_loss(model, prefix: str, seq_length: int, micro_batch_size: int, device,
+                 vocab_size: Optional[int] = None) -> Dict[str, float]:
     """{'nll': mean nats/token, 'tokens': predicted tokens} of `model` over every document of
-    `prefix` (meaningful on the last pipeline stage)."""
+    `prefix` (meaningful on the last pipeline stage). `vocab_size`: refuse data holding larger ids."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
     from megakd.data.indexed import open_indexed
-    from megakd.miniplm.score import per_token_nll
+    from megakd.miniplm.score import sequence_nll
 
     if seq_length < 1 or micro_batch_size < 1:
         raise ConfigError("--seq-length and --micro-batch-size must be >= 1")
     ds = open_indexed(prefix)
-    wins = [w for i in range(len(ds)) for w in windows(numpy.asarray(ds[i], dtype=numpy.int64), seq_length)]
+    docs = [numpy.asarray(ds[i], dtype=numpy.int64) for i in range(len(ds))]
     del ds
+    top = max((int(d.max()) for d in docs if len(d)), default=-1)
+    if vocab_size is not None and top >= vocab_size:
+        # a dataset written with another tokenizer would give a loss that means nothing
+        raise ConfigError(f"{prefix} holds token id {top}, beyond the model's vocabulary of {vocab_size}: "
+                          "it was tokenized with another tokenizer; evaluate on data made with the model's")
+    wins = [w for d in docs for w in windows(d, seq_length)]
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     mine = wins[dp_rank::dp]
     sums = torch.zeros(2, dtype=torch.float64)  # nll sum, predicted tokens
     for b in range(0, len(mine), micro_batch_size):
-        batch = mine[b:b + micro_batch_size]
-        width = max(len(w) for w in batch) - 1
-        tokens = torch.zeros(len(batch), width + 1, dtype=torch.long)
-        mask = torch.zeros(len(batch), width, dtype=torch.float64)
-        for r, w in enumerate(batch):
-            tokens[r, :len(w)] = torch.from_numpy(w)
-            mask[r, :len(w) - 1] = 1
-        positions = torch.arange(width).unsqueeze(0).expand(len(batch), -1)
-        nll = per_token_nll(model, tokens[:, :-1].to(device), positions.to(device), tokens[:, 1:].to(device))
-        if nll is not None:
-            sums += torch.stack([(nll.double().cpu() * mask).sum(), mask.sum()])
+        out = sequence_nll(model, mine[b:b + micro_batch_size], device)
+        if out is not None:
+            sums += torch.stack([out[0].sum(), out[1].sum()])
     if ps.is_pipeline_last_stage() and dp > 1:
         dist.all_reduce(sums, group=ps.get_data_parallel_group())
     return {"nll": float(sums[0] / sums[1]) if sums[1] > 0 else float("nan"), "tokens": int(sums[1])}
@@ -74,21 +73,8 @@ def evaluate_checkpoint(path: str, prefixes: Sequence[str], seq_length: int, mic
     if m.max_length is not None and seq_length > m.max_length:
         raise ConfigError(f"--seq-length {seq_length} is longer than the {m.max_length} positions "
                           f"{path} was built for; use --seq-length {m.max_length} or less")
-    out = {}
-    for p in prefixes:
-        _check_vocab(p, m.vocab_size)
-        out[p] = heldout_loss(m.model, p, seq_length, micro_batch_size, env.device)
+    out = {p: heldout_loss(m.model, p, seq_length, micro_batch_size, env.device, m.vocab_size)
+           for p in prefixes}
     reports = (ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
                and ps.get_data_parallel_rank() == 0)
     return out if reports else None
-
-
-def _check_vocab(prefix: str, vocab_size: int) -> None:
-    """A dataset written with another tokenizer would give a loss that means nothing."""
-    from megakd.data.indexed import open_indexed
-
-    ds = open_indexed(prefix)
-    top = int(max((int(numpy.max(ds[i])) for i in range(len(ds)) if len(ds[i])), default=-1))
-    if top >= vocab_size:
-        raise ConfigError(f"{prefix} holds token id {top}, beyond the model's vocabulary of {vocab_size}: "
-                          "it was tokenized with another tokenizer; evaluate on data made with the model's")

@@ -43,6 +43,17 @@ class MetricsLogger:
             self.file.close()
 
 
+def read_metrics(path: str, split: str = "train") -> Dict[int, dict]:
+    """{iteration: metrics} of one split from a log.metrics_file (what tests and benchmarks read)."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec["split"] == split:
+                out[rec["iter"]] = rec
+    return out
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4e}" if (v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5)) else f"{v:.4f}"

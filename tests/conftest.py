@@ -40,3 +40,20 @@ def tiny_corpus(tmp_path_factory):
     prefix = str(root / "synthetic_text_document")
     write_indexed(prefix, (tok.tokenize(t) + [tok.eod] for t in texts), tok.vocab_size)
     return tok_dir, prefix
+
+
+def cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def pytest_collection_modifyitems(config, items):
+    """The GPU tier: `gpu` tests need one CUDA device, `multigpu` tests two; elsewhere they are
+    skipped with the reason (pytest -ra prints it)."""
+    n = cuda_devices()
+    for item in items:
+        if "multigpu" in item.keywords and n < 2:
+            item.add_marker(pytest.mark.skip(reason=f"multigpu: needs 2+ CUDA GPUs, this machine has {n}"))
+        elif "gpu" in item.keywords and n < 1:
+            item.add_marker(pytest.mark.skip(reason="gpu: needs a CUDA GPU, this machine has none"))

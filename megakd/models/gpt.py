@@ -145,6 +145,11 @@ def build_model(cfg: ModelConfig, parallel: ParallelConfig, vocab_size: int, seq
         position_embedding_type="rope" if cfg.arch == "llama" else "learned_absolute",
         rotary_base=int(cfg.rotary_base),
     )
+    if cfg.precision != "fp32":
+        # As megatron's Float16Module does: every parameter in the training precision (the local
+        # spec makes norm weights fp32), which megatron's mixed-precision optimizer assumes (its
+        # checkpoint maps only half-precision params to the model's).
+        model = model.to(_DTYPES[cfg.precision])
     if not torch.cuda.is_available():
         return model
     return model.cuda(torch.cuda.current_device())

@@ -34,11 +34,13 @@ def start_or_resume(run_file: str, settings: dict, mismatch: Exception) -> None:
     resumes only its own shards."""
     import torch.distributed as dist
 
+    from megakd.platform import comm
+
     if dist.get_rank() == 0:
         os.makedirs(os.path.dirname(run_file), exist_ok=True)
         if not os.path.isfile(run_file):
             write_json_atomic(run_file, settings)
-    dist.barrier()
+    comm.barrier()
     with open(run_file) as f:
         if json.load(f) != settings:
             raise mismatch

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from megakd.platform import comm
+
 #: default chunk: about this many elements of [tokens, V_local] are live at once (fp32: 1 MiB, so a chunk stays in cache)
 CHUNK_ELEMENTS = 1 << 18
 
@@ -42,19 +44,15 @@ def shard_of(group, v_local: int) -> Shard:
     return Shard(group, dist.get_rank(group), dist.get_world_size(group), v_local)
 
 
-def all_reduce(x: torch.Tensor, shard: Shard, op=dist.ReduceOp.SUM) -> torch.Tensor:
-    if shard.parallel:
-        dist.all_reduce(x, op=op, group=shard.group)
-    return x
+def all_reduce(x: torch.Tensor, shard: Shard, op=comm.SUM) -> torch.Tensor:
+    return comm.all_reduce(x, op, shard.group) if shard.parallel else x
 
 
 def all_gather_last(x: torch.Tensor, shard: Shard) -> torch.Tensor:
     """Concatenate each rank's x along the last dim, in rank order."""
     if not shard.parallel:
         return x
-    parts = [torch.empty_like(x) for _ in range(shard.world)]
-    dist.all_gather(parts, x.contiguous(), group=shard.group)
-    return torch.cat(parts, dim=-1)
+    return torch.cat(comm.all_gather(x, shard.group), dim=-1)
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -85,7 +83,7 @@ def local_softmax(s: torch.Tensor):
 
 def global_max(local_max: torch.Tensor, shard: Shard) -> torch.Tensor:
     """All-reduce MAX of per-token maxima, returning exp(local - global) to rescale local sums."""
-    m = all_reduce(local_max.clone(), shard, dist.ReduceOp.MAX)
+    m = all_reduce(local_max.clone(), shard, comm.MAX)
     return m, (local_max - m).exp()
 
 

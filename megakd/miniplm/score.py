@@ -26,11 +26,11 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy
 import torch
-import torch.distributed as dist
 
 from megakd.data.shards import assigned, save_npy_atomic, shard_written, start_or_resume, write_json_atomic
 from megakd.errors import CheckpointError, ConfigError, DataError
 from megakd.miniplm.instances import Instances
+from megakd.platform import comm
 
 FORMAT = "megakd.miniplm.scores/1"
 COLUMNS = ("diff", "teacher", "reference")
@@ -201,7 +201,7 @@ def score(args: ScoreArgs) -> ScoreResult:
     shard_dir = os.path.join(args.output, SHARD_DIR)
     n_shards = -(-len(instances) // args.shard_size)
     mine = assigned(n_shards, dp, dp_rank, lambda k: os.path.isfile(_shard_path(shard_dir, k)))
-    dist.barrier()  # every rank has listed the finished shards before any new one appears
+    comm.barrier()  # every rank has listed the finished shards before any new one appears
 
     todo = sum(len(_shard_range(k, args.shard_size, len(instances))) for k in mine)
     bar = tqdm(total=todo, unit="inst", desc=f"scoring (DP {dp})", mininterval=1.0,
@@ -222,12 +222,12 @@ def score(args: ScoreArgs) -> ScoreResult:
             shard_written(written)
     bar.close()
     elapsed = time.perf_counter() - start
-    dist.barrier()
+    comm.barrier()
     if env.rank == 0:
         _assemble(args.output, n_shards, len(instances), meta)
         print(f"scored {len(instances)} instances ({meta['instances']['tokens']:,} tokens) -> "
               f"{args.output} ({todo} on rank 0 in {elapsed:.1f} s)", flush=True)
-    dist.barrier()
+    comm.barrier()
     return ScoreResult(meta, todo, elapsed)
 
 

@@ -17,7 +17,6 @@ from collections import deque
 from typing import Dict, Iterator, List, Tuple
 
 import torch
-import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -27,6 +26,7 @@ from megakd.data.gpt import BatchStream, build_datasets
 from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer
 from megakd.errors import MegakdError
 from megakd.losses.targets import UNUSED_ID, SparseTarget, truncate_teacher
+from megakd.platform import comm
 from megakd.teacher import TeacherSource
 from megakd.teacher.loading import load_teacher, teacher_path
 
@@ -120,8 +120,8 @@ class DedicatedTeacher(TeacherSource):
         while self.posted < min(self.received + self.ahead, self.total):
             header = torch.empty(2 + self.shape[0] * self.shape[1] * self.shape[2], dtype=torch.int64)
             logprobs = torch.empty(self.shape, dtype=torch.float32)
-            works = [self.split.bridge.recv([header], self.source, _HEADER),
-                     self.split.bridge.recv([logprobs], self.source, _LOGPROBS)]
+            works = [comm.irecv(header, self.source, _HEADER, self.split.bridge),
+                     comm.irecv(logprobs, self.source, _LOGPROBS, self.split.bridge)]
             self.pending.append((header, logprobs, works))
             self.posted += 1
 
@@ -153,7 +153,7 @@ class DedicatedTeacher(TeacherSource):
         if self.receives:  # a counter the teacher adds to (gloo cannot tell an arrived receive)
             queue = self.split.store.add(_sent_key(self.dp_rank), 0) - self.received
         both = torch.tensor([self.wait_s, -queue], dtype=torch.float64)
-        dist.all_reduce(both, op=dist.ReduceOp.MAX)
+        comm.all_reduce(both, comm.MAX)
         self.wait_s = 0.0
         return {"teacher wait": float(both[0]), "teacher queue": 0.0 - float(both[1])}
 
@@ -260,8 +260,8 @@ class TeacherServer:
                             target.ids.reshape(-1).to(torch.int64)])
         logprobs = target.logprobs.contiguous()
         for dest in self.dests[replica]:
-            works = [self.split.bridge.send([header], dest, _HEADER),
-                     self.split.bridge.send([logprobs], dest, _LOGPROBS)]
+            works = [comm.isend(header, dest, _HEADER, self.split.bridge),
+                     comm.isend(logprobs, dest, _LOGPROBS, self.split.bridge)]
             self.pending.append((dest, works, (header, logprobs)))
         self.seq[replica] += 1
 

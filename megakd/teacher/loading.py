@@ -11,6 +11,7 @@ import torch.distributed as dist
 from megakd.config import ParallelConfig, TeacherConfig
 from megakd.data.tokenizer import vocab_fingerprint
 from megakd.errors import ConfigError, MegakdError
+from megakd.platform import comm
 
 
 def hf_checkpoint(hf_path: str, model_cfg) -> str:
@@ -18,16 +19,16 @@ def hf_checkpoint(hf_path: str, model_cfg) -> str:
     path, or the error."""
     from megakd.convert import cached_hf_checkpoint
 
-    box = [None, None]  # (checkpoint path, error): every rank fails when the conversion does
+    box = (None, None)  # (checkpoint path, error): every rank fails when the conversion does
     if dist.get_rank() == 0:
         try:
-            box[0] = cached_hf_checkpoint(hf_path, model_cfg)
+            box = (cached_hf_checkpoint(hf_path, model_cfg), None)
         except MegakdError as e:
-            box[1] = e
-    dist.broadcast_object_list(box, src=0)
-    if box[1] is not None:
-        raise box[1]
-    return box[0]
+            box = (None, e)
+    path, error = comm.broadcast_object(box, src=0)
+    if error is not None:
+        raise error
+    return path
 
 
 def teacher_path(t: TeacherConfig) -> str:

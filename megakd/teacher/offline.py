@@ -12,13 +12,13 @@ from typing import Dict, Iterator, List
 
 import numpy
 import torch
-import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from megakd.data.gpt import parse_blend
 from megakd.data.tokenizer import vocab_fingerprint
 from megakd.errors import ConfigError
 from megakd.losses.targets import SparseTarget, keep_top
+from megakd.platform import comm
 from megakd.teacher import TeacherSource
 
 
@@ -112,5 +112,5 @@ class OfflineTeacher(TeacherSource):
         times = torch.tensor([self.lookup_time, self.wait_time], dtype=torch.float64)
         self.lookup_time = self.wait_time = 0.0
         if ps.model_parallel_is_initialized() and ps.get_pipeline_model_parallel_world_size() > 1:
-            dist.all_reduce(times, op=dist.ReduceOp.MAX, group=ps.get_pipeline_model_parallel_group())
+            comm.all_reduce(times, comm.MAX, group=ps.get_pipeline_model_parallel_group())
         return {"lookup time": times[0].item(), "lookup wait": times[1].item()}

@@ -19,6 +19,7 @@ from megatron.core.dist_checkpointing.serialization import load_common_state_dic
 from megatron.core.tensor_parallel import random as mrandom
 
 from megakd.errors import CheckpointError
+from megakd.platform import comm
 
 TRACKER = "latest_checkpointed_iteration.txt"
 FORMAT_VERSION = 1
@@ -94,19 +95,19 @@ def save(root: str, iteration: int, model, optimizer, scheduler, common: dict) -
         if os.path.exists(path):  # a leftover of a save that was killed half-way
             shutil.rmtree(path)
         os.makedirs(path)
-    dist.barrier()
+    comm.barrier()
     full = optimizer is not None
     sd = _state_dict(model, optimizer, scheduler,
                      {"iteration": iteration, "weights_only": not full, **common}, False,
                      with_optimizer=full, with_rng=full)
     dist_checkpointing.save(sd, path)
-    dist.barrier()
+    comm.barrier()
     if dist.get_rank() == 0:
         tmp = os.path.join(root, TRACKER + ".tmp")
         with open(tmp, "w") as f:
             f.write(str(iteration))
         os.replace(tmp, os.path.join(root, TRACKER))
-    dist.barrier()
+    comm.barrier()
     return path
 
 

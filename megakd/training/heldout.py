@@ -16,6 +16,7 @@ import numpy
 import torch
 
 from megakd.errors import ConfigError
+from megakd.platform import comm
 
 
 def windows(doc: numpy.ndarray, seq_length: int) -> List[numpy.ndarray]:
@@ -27,7 +28,6 @@ def heldout_loss(model, prefix: str, seq_length: int, micro_batch_size: int, dev
                  vocab_size: Optional[int] = None) -> Dict[str, float]:
     """{'nll': mean nats/token, 'tokens': predicted tokens} of `model` over every document of
     `prefix` (meaningful on the last pipeline stage). `vocab_size`: refuse data holding larger ids."""
-    import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
     from megakd.data.indexed import open_indexed
@@ -52,7 +52,7 @@ def heldout_loss(model, prefix: str, seq_length: int, micro_batch_size: int, dev
         if out is not None:
             sums += torch.stack([out[0].sum(), out[1].sum()])
     if ps.is_pipeline_last_stage() and dp > 1:
-        dist.all_reduce(sums, group=ps.get_data_parallel_group())
+        comm.all_reduce(sums, group=ps.get_data_parallel_group())
     return {"nll": float(sums[0] / sums[1]) if sums[1] > 0 else float("nan"), "tokens": int(sums[1])}
 
 

@@ -11,10 +11,9 @@ import os
 import signal
 import time
 from functools import partial
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List
 
 import torch
-import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from megatron.core.distributed import finalize_model_grads
@@ -26,6 +25,7 @@ from megakd.data.gpt import BatchStream, build_datasets
 from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer, vocab_fingerprint
 from megakd.losses import SparseTarget, distill_loss, fuses_lm, schedules
 from megakd.models import build_model, sharded_logits
+from megakd.platform import comm
 from megakd.training import checkpoint
 from megakd import teacher as teacher_source
 from megakd.teacher.loading import hf_checkpoint
@@ -204,8 +204,8 @@ class Trainer:
         total = torch.zeros(len(self.loss_keys), 2, dtype=torch.float64)
         for s in stats:  # empty except on the last pipeline stage
             total += torch.stack([s[k].double().cpu() for k in self.loss_keys])
-        dist.all_reduce(total, group=ps.get_data_parallel_group())
-        dist.broadcast(total, src=ps.get_pipeline_model_parallel_last_rank(),
+        comm.all_reduce(total, group=ps.get_data_parallel_group())
+        comm.broadcast(total, src=ps.get_pipeline_model_parallel_last_rank(),
                        group=ps.get_pipeline_model_parallel_group())
         return {k: (total[i, 0] / total[i, 1].clamp(min=1)).item()
                 for i, k in enumerate(self.loss_keys)}

@@ -19,12 +19,12 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from megakd.data.logits_store import codec
 from megakd.data.logits_store import store as st
 from megakd.data.shards import assigned, shard_written, start_or_resume
 from megakd.errors import ConfigError, DataError, StoreError
+from megakd.platform import comm
 
 RUN_FILE = "dump.json"  # the settings the dump started with: a rerun must match them
 
@@ -196,7 +196,7 @@ def dump(args: DumpArgs) -> DumpResult:
     is_writer = ps.get_tensor_model_parallel_rank() == 0
     mine = assigned(len(plan), ps.get_data_parallel_world_size(), ps.get_data_parallel_rank(),
                     lambda k: os.path.isfile(os.path.join(args.output, st.shard_file(k))))
-    dist.barrier()  # every rank has listed the finished shards before any new one appears
+    comm.barrier()  # every rank has listed the finished shards before any new one appears
     todo = sum(int(lengths[a:a + n].sum()) for a, n in (plan[k] for k in mine))
     bar = tqdm(total=todo, unit="tok", unit_scale=True, desc="teacher logits", mininterval=1.0,
                disable=(env.rank != 0) or not args.progress, dynamic_ncols=True)
@@ -212,11 +212,11 @@ def dump(args: DumpArgs) -> DumpResult:
             shard_written(written)
     bar.close()
     elapsed = time.perf_counter() - start
-    dist.barrier()
+    comm.barrier()
     if env.rank == 0:
         st.finish_store(args.output, meta, plan)
         size = sum(os.path.getsize(os.path.join(args.output, st.shard_file(k))) for k in range(len(plan)))
         print(f"dumped {meta.num_tokens:,} tokens of {meta.num_docs:,} documents -> {args.output} "
               f"({size / meta.num_tokens:.1f} B/token; {todo:,} tokens on rank 0 in {elapsed:.1f} s)", flush=True)
-    dist.barrier()
+    comm.barrier()
     return DumpResult(meta, todo, elapsed)

@@ -114,6 +114,11 @@ class OptimConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     clip_grad: float = 1.0
+    initial_loss_scale: float = 2.0 ** 32
+    """fp16 only: the dynamic loss scaler's first scale (Megatron-LM's --initial-loss-scale); it
+    halves on every step whose gradients overflow, and such a step is skipped."""
+    loss_scale: Optional[float] = None
+    """fp16 only: a static loss scale instead of the dynamic one."""
 
 
 @dataclass

@@ -30,7 +30,9 @@ def run_job(args, nproc: int = 1, env=None, timeout: int = 600, script: str = PR
                "--master-port", str(free_port()), script]
     # a job never joins this process's rendezvous
     inherited = {k: v for k, v in os.environ.items() if not is_rendezvous_var(k)}
-    full_env = {**inherited, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, **(env or {})}
+    # the checkout first; what the caller's PYTHONPATH adds (e.g. wheels unpacked on a GPU box) after
+    path = os.pathsep.join([REPO] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    full_env = {**inherited, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, **(env or {})}
     argv = cmd + [str(a) for a in args]
     # Output goes to files, not pipes, and the job gets its own session: megatron-core's checkpoint
     # writer starts a multiprocessing Manager that outlives a SIGKILLed trainer and would hold a

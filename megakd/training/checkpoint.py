@@ -70,14 +70,23 @@ def _layout():
             ps.get_tensor_model_parallel_rank(), ps.get_data_parallel_rank())
 
 
+def _stepped(optimizer) -> bool:
+    """Whether the optimizer has state yet. fp16's loss scaler skips the first steps (overflow), and
+    megatron's optimizer checkpoint cannot hold an optimizer that never stepped: its state is then
+    left out, and rebuilt from the loaded weights (its fp32 master copy is the weights themselves)."""
+    inner = getattr(optimizer, "chained_optimizers", [optimizer])
+    return any(len(o.optimizer.state) for o in inner if o.optimizer is not None)
+
+
 def _state_dict(model, optimizer, scheduler, common: dict, is_loading: bool,
-                with_optimizer: bool = True, with_rng: bool = True):
+                with_optimizer: bool = True, with_rng: bool = True, optimizer_state: bool = True):
     model_sd = model.sharded_state_dict()
     sd = {"model": model_sd, "format_version": FORMAT_VERSION, **common}
-    if with_optimizer:
+    if with_optimizer and optimizer_state:
         sd["optimizer"] = optimizer.sharded_state_dict(
             model_sd, is_loading=is_loading,
             metadata={"distrib_optim_sharding_type": "fully_reshardable"})
+    if with_optimizer:
         sd["scheduler"] = scheduler.state_dict()
     if with_rng:
         sd["rng_state"] = _rng_sharded_object(*_layout())
@@ -97,9 +106,10 @@ def save(root: str, iteration: int, model, optimizer, scheduler, common: dict) -
         os.makedirs(path)
     comm.barrier()
     full = optimizer is not None
+    stepped = full and _stepped(optimizer)
     sd = _state_dict(model, optimizer, scheduler,
-                     {"iteration": iteration, "weights_only": not full, **common}, False,
-                     with_optimizer=full, with_rng=full)
+                     {"iteration": iteration, "weights_only": not full, "optimizer_state": stepped,
+                      **common}, False, with_optimizer=full, with_rng=full, optimizer_state=stepped)
     dist_checkpointing.save(sd, path)
     comm.barrier()
     if dist.get_rank() == 0:
@@ -118,10 +128,15 @@ def load(path: str, model, optimizer, scheduler) -> dict:
     if common.get("weights_only"):
         raise CheckpointError(f"{ckpt} holds model weights only (no optimizer state to resume); "
                               f"start from it with checkpoint.pretrained instead of checkpoint.load")
-    sd = _state_dict(model, optimizer, scheduler, {}, True, with_rng=_same_layout(common))
+    stepped = common.get("optimizer_state", True)
+    sd = _state_dict(model, optimizer, scheduler, {}, True, with_rng=_same_layout(common),
+                     optimizer_state=stepped)
     loaded = dist_checkpointing.load(sd, ckpt)
     model.load_state_dict(loaded["model"])
-    optimizer.load_state_dict(loaded["optimizer"])
+    if stepped:
+        optimizer.load_state_dict(loaded["optimizer"])
+    else:
+        optimizer.reload_model_params()
     scheduler.load_state_dict(loaded["scheduler"])
     if "rng_state" in loaded:
         rng = loaded["rng_state"]

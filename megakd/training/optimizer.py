@@ -18,6 +18,8 @@ def build_optimizer(cfg: Config, model_chunks):
         adam_beta2=o.beta2,
         adam_eps=o.eps,
         clip_grad=o.clip_grad,
+        initial_loss_scale=o.initial_loss_scale,
+        loss_scale=o.loss_scale,
         bf16=m.precision == "bf16",
         fp16=m.precision == "fp16",
         params_dtype=_DTYPES[m.precision],

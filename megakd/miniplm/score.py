@@ -94,8 +94,8 @@ def per_token_nll(model, tokens, position_ids, labels) -> Optional[torch.Tensor]
 
         def step(_data_iterator, stage):
             out = stage(tokens, position_ids, None, labels=labels)
-            return out, lambda nll: (nll.sum(), torch.tensor(nll.numel(), dtype=torch.int),
-                                     {"nll": nll.detach()})
+            return out, lambda nll: (nll.sum(), torch.tensor(nll.numel(), dtype=torch.int,
+                                                              device=nll.device), {"nll": nll.detach()})
 
         store = get_forward_backward_func()(
             forward_step_func=step, data_iterator=iter([None]), model=[model], num_microbatches=1,

@@ -51,6 +51,12 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+def synchronize() -> None:
+    """Wait for this device's queued work (timers around GPU work need it; a no-op on CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def init_distributed(timeout_minutes: float = 10.0, store=None, rank=None,
                      world_size=None) -> DistEnv:
     """Initialise torch.distributed (idempotent) and the device; install the CPU layer without CUDA.

@@ -5,6 +5,7 @@ reversed); the student is smaller and only briefly fine-tuned, so the two really
 """
 
 import json
+import math
 import os
 import random
 
@@ -78,6 +79,26 @@ def test_minillm_tp2_and_dp2_match_one_process_with_mixing_clipping_and_lm_term(
         for key in ("loss", "reward", "reverse kl", "clip fraction", "lm loss", "grad norm", "response length"):
             assert [got[i][key] for i in range(1, 5)] == pytest.approx(
                 [ref[i][key] for i in range(1, 5)], rel=2e-4, abs=1e-6), (name, key)
+
+
+def bf16_minillm_run(task, models, work):
+    """Two MiniLLM steps of a bf16 student (the teacher in its own fp32) through every path that
+    makes tensors: teacher-mixed rollouts, the LM term, evaluation. Every logged number is finite and
+    no step is skipped. Runs on the device the job finds (tests/test_gpu_minillm.py: CUDA)."""
+    steps, valid = train(task, "minillm", work, **SMALL, **models,
+                         **{"train.iters": 2, "model.precision": "bf16", "minillm.teacher_mix": 0.2,
+                            "minillm.lm_coef": 0.5, "data.prefix": task["prefix"],
+                            "data.cache_dir": work / "cache"})
+    assert sorted(steps) == [1, 2] and sorted(valid) == [0, 2]
+    for m in [*steps.values(), *valid.values()]:
+        assert all(math.isfinite(v) for v in m.values() if isinstance(v, float)), m
+        assert "skipped" not in m, m
+    assert steps[1]["lm loss"] > 0 and steps[1]["response length"] > 0
+    return steps, valid
+
+
+def test_minillm_in_bf16_ends_with_finite_losses(task, models, tmp_path):
+    bf16_minillm_run(task, models, tmp_path)
 
 
 def test_kd_and_seqkd_baselines(task, models, tmp_path):

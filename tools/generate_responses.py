@@ -43,7 +43,7 @@ def main(argv=None):
     from megakd.minillm import cli
     from megakd.minillm.data import encode, read_jsonl
     from megakd.minillm.evaluate import dp_share
-    from megakd.minillm.generate import answer_all
+    from megakd.minillm.generate import answer_all, seeded
 
     try:
         tok = cli.setup(args.tp, args.tokenizer, args.seed)
@@ -55,7 +55,7 @@ def main(argv=None):
         answers = answer_all(model, prompts, batch_size=args.batch_size, vocab_size=tok.vocab_size,
                              eos=tok.eod, max_new_tokens=args.max_new_tokens, greedy=not args.sample,
                              temperature=args.temperature, top_p=args.top_p,
-                             generator=torch.Generator().manual_seed(args.seed + ps.get_data_parallel_rank()))
+                             generator=seeded(args.seed + ps.get_data_parallel_rank()))
         texts = cli.gather_dp([tok.detokenize([t for t in a if t != tok.eod]) for a in answers])
         if torch.distributed.get_rank() == 0:
             cli.write_jsonl(args.output, [{**r, "response": t} for r, t in zip(records, texts)])

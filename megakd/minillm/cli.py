@@ -3,15 +3,15 @@ tokenizer, models from a checkpoint or a Hugging Face dir, and jsonl output writ
 
 import json
 import os
-from typing import List, Optional
+from typing import Optional
 
-import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from megakd import platform
 from megakd.config import ParallelConfig, TeacherConfig
 from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer
 from megakd.errors import ConfigError
+from megakd.platform import comm
 from megakd.teacher.loading import load_teacher, teacher_path
 
 
@@ -37,8 +37,7 @@ def load_model(checkpoint: Optional[str], hf: Optional[str], tp: int, tokenizer,
 
 def gather_dp(mine: list) -> list:
     """Undo `dp_share` (items[r::n]): every DP rank's list, interleaved back into one order."""
-    parts: List[list] = [None] * ps.get_data_parallel_world_size()
-    dist.all_gather_object(parts, mine, group=ps.get_data_parallel_group())
+    parts = comm.all_gather_object(mine, group=ps.get_data_parallel_group())
     return [p[i] for i in range(max(len(p) for p in parts)) for p in parts if i < len(p)]
 
 

@@ -94,3 +94,8 @@ def collate(examples: Sequence[Example], pad: int) -> Dict[str, torch.Tensor]:
     labels[:, -1] = pad
     positions = torch.arange(width).unsqueeze(0).expand(len(seqs), -1).contiguous()
     return {"tokens": tokens, "labels": labels, "loss_mask": mask, "position_ids": positions}
+
+
+def to_device(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, torch.Tensor]:
+    """A batch built on the CPU (`collate`, the LM data stream) moved to where the model computes."""
+    return {k: v.to(device) for k, v in batch.items()}

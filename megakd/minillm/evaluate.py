@@ -9,12 +9,13 @@ numbers. The reverse KL is per response token, exact over the vocabulary (vocab-
 from typing import Dict, List, Sequence
 
 import torch
-import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
-from megakd.minillm.data import Example, collate
-from megakd.minillm.generate import answer_all, generate
+from megakd import platform
+from megakd.minillm.data import Example, collate, to_device
+from megakd.minillm.generate import answer_all, generate, seeded
 from megakd.minillm.losses import real_vocab, single_step_kl
+from megakd.platform import comm
 
 
 def dp_share(items: Sequence, dp_rank: int, dp_size: int) -> list:
@@ -22,9 +23,8 @@ def dp_share(items: Sequence, dp_rank: int, dp_size: int) -> list:
 
 
 def _sum_over_dp(values: List[float]) -> List[float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, group=ps.get_data_parallel_group())
-    return t.tolist()
+    return comm.all_reduce(torch.tensor(values, dtype=torch.float64),
+                           group=ps.get_data_parallel_group()).tolist()
 
 
 @torch.no_grad()
@@ -51,17 +51,18 @@ def evaluate(student, teacher, examples: Sequence[Example], *, vocab_size: int, 
     """rkl_reference, rkl_sampled and the mean sampled response length over `examples`."""
     was = _eval_mode(student, teacher)
     mine = dp_share(examples, ps.get_data_parallel_rank(), ps.get_data_parallel_world_size())
-    gen = torch.Generator().manual_seed(seed)
+    device = platform.device()
+    gen = seeded(seed, device)
     ref_kl = ref_n = smp_kl = smp_n = n_resp = 0.0
     for i in range(0, len(mine), batch_size):
         chunk = mine[i:i + batch_size]
-        batch = collate(chunk, eos)
+        batch = to_device(collate(chunk, eos), device)
         ref_kl += float(reverse_kl(student, teacher, batch, batch["loss_mask"], vocab_size))
         ref_n += float(batch["loss_mask"].sum())
         s = generate([student], [p for p, _ in chunk], vocab_size=vocab_size, eos=eos,
                      max_new_tokens=max_new_tokens, generator=gen)
         mask = s.response_mask[:, 1:].float()
-        pos = torch.arange(s.tokens.shape[1] - 1).unsqueeze(0).expand(len(chunk), -1)
+        pos = torch.arange(s.tokens.shape[1] - 1, device=device).unsqueeze(0).expand(len(chunk), -1)
         smp_kl += float(reverse_kl(student, teacher, {"tokens": s.tokens[:, :-1], "position_ids": pos},
                                    mask, vocab_size))
         smp_n += float(mask.sum())
@@ -91,7 +92,7 @@ def generation_rouge(student, tokenizer, examples: Sequence[Example], references
     mine, refs = dp_share(examples, dp_rank, dp_size), dp_share(references, dp_rank, dp_size)
     out = {}
     for seed in seeds:
-        gen = torch.Generator().manual_seed(seed)
+        gen = seeded(seed)
         answers = answer_all(student, [p for p, _ in mine], batch_size=batch_size,
                              vocab_size=tokenizer.vocab_size, eos=tokenizer.eod,
                              max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,

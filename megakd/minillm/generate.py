@@ -7,17 +7,25 @@ token while it is still inside its prompt and a sampled one after. No padding, n
 Several models can step together (MiniLLM's teacher-mixed sampling p~ = a*p_teacher + (1-a)*q);
 each has its own KV cache. In inference mode megatron-core gathers the TP vocab shards of the last
 position ([b, V] per step); the token drawn on TP rank 0 is broadcast, so every TP rank holds the
-same sequences.
+same sequences. Every tensor lives on the device of models[0], and so must the sampling generators
+(`seeded`): torch.multinomial draws with a generator of its probabilities' device.
 """
 
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Union
 
 import torch
-import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from megatron.core.inference.contexts import StaticInferenceContext
 
+from megakd import platform
+from megakd.platform import comm
+
+
+def seeded(seed: int, device: Optional[torch.device] = None) -> torch.Generator:
+    """A sampling generator on `device` (default: this process's, where the models compute): on CPU
+    the stream of torch.Generator().manual_seed(seed); a CUDA generator's stream is its own."""
+    return torch.Generator(device=device or platform.device()).manual_seed(seed)
 
 
 @dataclass
@@ -64,6 +72,7 @@ def generate(models: Sequence, prompts: Sequence[Sequence[int]], *, vocab_size: 
     `generator`: one for the batch, or one per prompt (then a prompt's answer does not depend on
     which batch or rank it is generated in)."""
     device = next(models[0].parameters()).device
+    _check_generators(generator, device)
     b = len(prompts)
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     if int(lengths.min()) < 1:
@@ -71,7 +80,7 @@ def generate(models: Sequence, prompts: Sequence[Sequence[int]], *, vocab_size: 
     total = int(lengths.max()) + max_new_tokens
     tokens = torch.full((b, total), eos, dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
-        tokens[i, :len(p)] = torch.as_tensor(list(p), dtype=torch.long)
+        tokens[i, :len(p)] = torch.as_tensor(list(p), dtype=torch.long, device=device)
     response = torch.zeros((b, total), dtype=torch.bool, device=device)
     sample_lp = torch.zeros((b, total), dtype=torch.float32, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
@@ -82,6 +91,9 @@ def generate(models: Sequence, prompts: Sequence[Sequence[int]], *, vocab_size: 
         m.eval()
     tp_group = ps.get_tensor_model_parallel_group()
     src = ps.get_tensor_model_parallel_src_rank()
+    if mix is not None:
+        a = torch.tensor(mix, device=device)
+        log_mix = (torch.log(a), torch.log1p(-a))  # teacher, student
     try:
         start = int(lengths.min())
         prev = 0
@@ -99,15 +111,14 @@ def generate(models: Sequence, prompts: Sequence[Sequence[int]], *, vocab_size: 
             if mix is None:
                 logprobs = step[0]
             else:
-                logprobs = torch.logaddexp(step[1] + torch.log(torch.tensor(mix)),
-                                           step[0] + torch.log1p(torch.tensor(-mix)))
+                logprobs = torch.logaddexp(step[1] + log_mix[0], step[0] + log_mix[1])
             logprobs = top_p_filter(logprobs, top_p)
             if greedy:
                 drawn = logprobs.argmax(-1)
             else:
                 drawn = _draw(logprobs.exp(), generator)
-            if tp_group is not None and dist.get_world_size(tp_group) > 1:
-                dist.broadcast(drawn, src, group=tp_group)
+            if ps.get_tensor_model_parallel_world_size() > 1:
+                comm.broadcast(drawn, src, group=tp_group)
             sampling = (pos >= lengths) & ~done
             tokens[:, pos] = torch.where(sampling, drawn, tokens[:, pos])
             response[:, pos] = sampling
@@ -120,6 +131,15 @@ def generate(models: Sequence, prompts: Sequence[Sequence[int]], *, vocab_size: 
             m.train(was)
     end = pos + 1
     return Samples(tokens[:, :end], lengths, response[:, :end], sample_lp[:, :end])
+
+
+def _check_generators(generator, device: torch.device) -> None:
+    """Fail up front, naming the fix: torch.multinomial rejects a generator of another device."""
+    gens = [generator] if isinstance(generator, torch.Generator) else list(generator or [])
+    wrong = {str(g.device) for g in gens if g.device != device}
+    if wrong:
+        raise ValueError(f"sampling generators on {', '.join(sorted(wrong))} for a model on {device}: "
+                         f"make them on the model's device (megakd.minillm.generate.seeded)")
 
 
 def _draw(probs: torch.Tensor, generator) -> torch.Tensor:

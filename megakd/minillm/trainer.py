@@ -5,13 +5,13 @@ prompts, answered by fresh rollouts every `minillm.ppo_epochs` steps), split ove
 micro-batches. Every loss is a sum over tokens divided by the global token count, and megatron-core's
 DDP sums gradients over DP (calculate_per_token_loss), so a step does not depend on the layout.
 PP = 1 (no pipeline schedule is needed for a single-stage model): the forward/backward is direct.
+Batches are built on the CPU and moved to `platform.device()`; rollouts are sampled there too.
 """
 
 import time
 from typing import Dict, List
 
 import torch
-import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from megatron.core.distributed import finalize_model_grads
@@ -21,10 +21,11 @@ from megakd.config import Config, ParallelConfig
 from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer, vocab_fingerprint
 from megakd.losses import distill_loss
 from megakd.minillm import losses
-from megakd.minillm.data import Example, collate, load_examples
+from megakd.minillm.data import Example, collate, load_examples, to_device
 from megakd.minillm.evaluate import evaluate
-from megakd.minillm.generate import answer_all, generate
+from megakd.minillm.generate import answer_all, generate, seeded
 from megakd.models import build_model
+from megakd.platform import comm
 from megakd.teacher.loading import hf_checkpoint, load_teacher, teacher_path
 from megakd.training import checkpoint
 from megakd.training.logging import MetricsLogger
@@ -37,6 +38,7 @@ class InstructionTrainer:
         p, mm = cfg.parallel, cfg.minillm
         cfg.validate(platform.init_distributed(p.timeout_minutes).world_size)
         self.env = platform.init_model_parallel(p.tp, 1, cfg.train.seed, p.timeout_minutes)
+        self.device = self.env.device
         self.tokenizer = MegatronTokenizer(load_tokenizer(cfg.data.tokenizer))
         init = None
         if cfg.model.init_from_hf:  # the HF architecture replaces model.*
@@ -105,14 +107,14 @@ class InstructionTrainer:
 
     # ------------------------------------------------------------------ losses
     def _global(self, values: List[float]) -> List[float]:
-        t = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(t, group=ps.get_data_parallel_group())
-        return t.tolist()
+        return comm.all_reduce(torch.tensor(values, dtype=torch.float64),
+                               group=ps.get_data_parallel_group()).tolist()
 
     def supervised_step(self) -> Dict[str, float]:
         """sft / seqkd: CE on response tokens; kd: (1-alpha)*CE + alpha*KD(teacher) on them."""
         k = self.cfg.kd
-        batches = [collate(c, self.tokenizer.eod) for c in self.micro_batches(self.local_examples())]
+        batches = [to_device(collate(c, self.tokenizer.eod), self.device)
+                   for c in self.micro_batches(self.local_examples())]
         total = self._global([sum(float(b["loss_mask"].sum()) for b in batches)])[0]
         sums = torch.zeros(3, dtype=torch.float64)
         for b in batches:
@@ -149,8 +151,7 @@ class InstructionTrainer:
         on_policy = mix is None and mm.temperature == 1.0 and mm.top_p == 1.0
         out = []
         # one random stream per sample (seed, stream position): rollouts do not depend on DP/micro-batching
-        gens = [torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + i)
-                for i in self.local_positions()]
+        gens = [seeded(self.cfg.train.seed * 1_000_003 + i, self.device) for i in self.local_positions()]
         for chunk, chunk_gens in zip(self.micro_batches(self.local_examples()), self.micro_batches(gens)):
             s = generate([self.model] + ([self.teacher] if mix else []), [p for p, _ in chunk],
                          vocab_size=self.tokenizer.vocab_size, eos=self.tokenizer.eod,
@@ -158,7 +159,7 @@ class InstructionTrainer:
                          mix=mix, generator=chunk_gens)
             tokens, mask = s.tokens, s.response_mask[:, 1:].float()
             inputs = tokens[:, :-1]
-            pos = torch.arange(inputs.shape[1]).unsqueeze(0).expand_as(inputs)
+            pos = torch.arange(inputs.shape[1], device=self.device).unsqueeze(0).expand_as(inputs)
             self.model.eval()
             old = losses.token_logprobs(self.logits(self.model, inputs, pos), tokens[:, 1:]) * mask
             self.model.train()
@@ -179,7 +180,7 @@ class InstructionTrainer:
         sums = torch.zeros(6, dtype=torch.float64)
         for ro in self.rollouts:
             inputs = ro.tokens[:, :-1]
-            pos = torch.arange(inputs.shape[1]).unsqueeze(0).expand_as(inputs)
+            pos = torch.arange(inputs.shape[1], device=self.device).unsqueeze(0).expand_as(inputs)
             per_token, st = losses.policy_loss(self.logits(self.ddp, inputs, pos), ro, mm.clip_eps,
                                                mm.single_step)
             loss = per_token.sum()
@@ -197,7 +198,8 @@ class InstructionTrainer:
     def lm_term(self) -> float:
         """minillm.lm_coef * LM loss on one global batch of pre-training data (data.prefix)."""
         t = self.cfg.train
-        batches = [next(self.lm_stream) for _ in range(t.global_batch_size // (t.micro_batch_size * self.dp_size))]
+        batches = [to_device(next(self.lm_stream), self.device)
+                   for _ in range(t.global_batch_size // (t.micro_batch_size * self.dp_size))]
         total = self._global([sum(float(b["loss_mask"].sum()) for b in batches)])[0]
         acc = 0.0
         for b in batches:

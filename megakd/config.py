@@ -19,6 +19,9 @@ import yaml
 
 from megakd.errors import ConfigError
 
+Precision = Literal["fp32", "bf16", "fp16"]
+TransformerImpl = Literal["auto", "local", "transformer_engine"]
+
 
 @dataclass
 class ParallelConfig:
@@ -59,14 +62,33 @@ class ModelConfig:
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     init_method_std: float = 0.02
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Precision = "fp32"
+    """Parameters and activations of the student (and, by default, of its teacher)."""
     fp8: bool = False
-    """Run linear layers in FP8 through Transformer Engine (needs TE and a Hopper GPU)."""
-    transformer_impl: Literal["auto", "local", "transformer_engine"] = "auto"
+    """FP8 for the transformer layers' linear GEMMs (QKV, attention projection, MLP) through
+    Transformer Engine, as megatron-core does it (fp8="hybrid": E4M3 forward, E5M2 gradients; delayed
+    scaling). Embeddings, norms, attention, the output layer and the losses keep model.precision /
+    fp32, and teachers never run in FP8. Needs model.precision bf16 or fp16, a TE layer spec
+    (transformer_impl auto or transformer_engine) and Transformer Engine on a GPU of compute
+    capability >= 8.9."""
+    transformer_impl: TransformerImpl = "auto"
     """auto: Transformer Engine spec when TE and CUDA are present, megatron-core local spec otherwise."""
     init_from_hf: Optional[str] = None
     """Start from a Hugging Face model (local directory or .gguf file): its architecture replaces the
     model.* shape keys and its weights are converted once (cached under $MEGAKD_CACHE) and loaded."""
+
+    def check_fp8(self) -> None:
+        """model.fp8's rules that need no GPU (the platform is checked when the model is built):
+        without them the model would train without FP8, or not at all."""
+        if not self.fp8:
+            return
+        if self.precision == "fp32":
+            raise ConfigError("model.fp8 needs model.precision=bf16 or fp16 (FP8 GEMMs run inside a "
+                              "half-precision model); set model.precision=bf16 or model.fp8=false")
+        if self.transformer_impl == "local":
+            raise ConfigError("model.fp8 runs Transformer Engine's FP8 linears, which "
+                              "model.transformer_impl=local does not have; set it to auto or "
+                              "transformer_engine, or set model.fp8=false")
 
 
 @dataclass
@@ -160,6 +182,12 @@ class TeacherConfig:
     timeout_s: float = 120.0
     """dedicated: students waiting this long for a target stop the job, naming the teacher rank
     (the teacher's wait on students is bounded by parallel.timeout_minutes)."""
+    precision: Optional[Precision] = None
+    """What the teacher runs in (null: model.precision), whatever its checkpoint was saved in; for
+    every placement and MiniLLM (the offline dump: its --precision). The losses compute in fp32."""
+    transformer_impl: Optional[TransformerImpl] = None
+    """The teacher's layer spec (null: model.transformer_impl), converted HF teachers included.
+    Teachers never run in FP8 (model.fp8 is the student's)."""
 
 
 @dataclass
@@ -271,6 +299,7 @@ class Config:
             raise ConfigError(f"parallel.pp={p.pp} does not divide model.num_layers={m.num_layers}")
         if p.sequence_parallel and p.tp == 1:
             raise ConfigError("parallel.sequence_parallel needs parallel.tp > 1")
+        m.check_fp8()
         if t.global_batch_size % t.micro_batch_size:
             raise ConfigError(f"train.global_batch_size={t.global_batch_size} is not a multiple of "
                               f"train.micro_batch_size={t.micro_batch_size}")
@@ -342,6 +371,15 @@ class Config:
         if tch.ranks % (tch.tp * tch.pp):
             raise ConfigError(f"teacher.ranks={tch.ranks} is not a multiple of teacher.tp*teacher.pp="
                               f"{tch.tp * tch.pp}")
+
+    def teacher_runtime(self):
+        """How every teacher load runs the teacher: teacher.precision / teacher.transformer_impl,
+        the student's model.* where they are null (resolved here and nowhere else)."""
+        from megakd.models import Runtime
+
+        t, m = self.teacher, self.model
+        return Runtime(precision=t.precision or m.precision,
+                       transformer_impl=t.transformer_impl or m.transformer_impl)
 
     def teacher_groups(self) -> int:
         """dedicated: how many independent teacher model replicas the teacher ranks form."""

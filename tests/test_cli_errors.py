@@ -4,6 +4,7 @@ import os
 import shutil
 
 import pytest
+import torch
 
 from dist_utils import run_job, tiny_args
 
@@ -29,7 +30,8 @@ def _fails_with_one_line(args, expect, tmp_path, nproc=1):
     ({"data.prefix": "/nonexistent/corpus"}, "missing /nonexistent/corpus.idx"),
     ({"data.tokenizer": "/nonexistent/tok"}, "tokenizer path /nonexistent/tok does not exist"),
     ({"checkpoint.pretrained": "/nonexistent/ckpt"}, "checkpoint path /nonexistent/ckpt does not exist"),
-    ({"model.fp8": True}, "fp8 needs a CUDA GPU"),
+    pytest.param({"model.fp8": True, "model.precision": "bf16"}, "model.fp8 needs a CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU-only case")),
 ], ids=["unknown-key", "tp-heads", "data-prefix", "tokenizer", "checkpoint", "fp8-on-cpu"])
 def test_bad_config(overrides, expect, tiny_corpus, tmp_path):
     _fails_with_one_line(tiny_args(tiny_corpus, tmp_path, **overrides), expect, tmp_path)

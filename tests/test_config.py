@@ -1,5 +1,6 @@
 """Typed config: YAML + dotted overrides, unknown keys and bad values are one-line errors."""
 
+import dataclasses
 import os
 
 import pytest
@@ -60,3 +61,21 @@ def test_missing_file_and_defaults(tmp_path):
     assert Config().parallel.tp == 1
     with pytest.raises(ConfigError, match="data.prefix is not set"):
         load_config(None)
+
+
+def test_teacher_runs_as_the_student_unless_set():
+    from megakd.models import Runtime
+
+    cfg = load_config(TINY, ["model.precision=bf16", "model.transformer_impl=local"])
+    assert cfg.teacher.precision is None and cfg.teacher.transformer_impl is None
+    assert cfg.teacher_runtime() == Runtime(precision="bf16", transformer_impl="local")
+    cfg = load_config(TINY, ["model.precision=bf16", "teacher.precision=fp32",
+                             "teacher.transformer_impl=transformer_engine"])
+    assert cfg.teacher_runtime() == Runtime(precision="fp32", transformer_impl="transformer_engine")
+    # what a saved model then runs as: the runtime's settings, forward-only, never FP8
+    saved = dataclasses.replace(cfg.model, precision="fp16", fp8=True, hidden_dropout=0.1)
+    ran = cfg.teacher_runtime().apply(saved)
+    assert (ran.precision, ran.transformer_impl, ran.fp8, ran.hidden_dropout) == (
+        "fp32", "transformer_engine", False, 0.0)
+    with pytest.raises(ConfigError, match="'teacher.precision' must be one of"):
+        load_config(TINY, ["teacher.precision=fp8"])

@@ -4,6 +4,8 @@ The student starts from a fixed init checkpoint; the teacher is that same init t
 so its distribution really differs from the student's.
 """
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from dist_utils import init_and_teacher, read_metrics, run_job, tiny_args
@@ -55,6 +57,30 @@ def test_kd_tp2_and_dp2_match_one_process(models, tiny_corpus, tmp_path):
                 [ref[i][key] for i in range(1, 7)], rel=5e-4), (name, key)
 
 
+# bf16 rounds each teacher weight and activation by at most 2^-8 relative (8 significant bits); in
+# this 2-layer teacher its logits move by about that much and the KD loss on them (computed in fp32)
+# by less, as the roundings partly cancel over tokens and vocab (~1e-5 relative seen). One bf16 unit
+# roundoff allows for bf16, not for wrong targets (those move the loss by O(1)).
+BF16_REL = 2.0 ** -8
+
+
+@pytest.mark.parametrize("student", ["fp32", "bf16"])
+def test_bf16_teacher_kd_loss_close_to_fp32_teacher(models, tiny_corpus, tmp_path, student):
+    """teacher.precision=bf16 (default with a bf16 student) next to an fp32 teacher: the dense bf16
+    logits feed the losses; the KD loss moves by bf16 rounding only."""
+    init, teacher = models
+    args = {**KD, "checkpoint.pretrained": init, "teacher.checkpoint": teacher, "train.iters": 2,
+            "model.precision": student}
+    bf16_teacher = {"teacher.precision": "bf16"} if student == "fp32" else {}  # else the default
+    runs = [(tmp_path / "fp32", {**args, "teacher.precision": "fp32"}),
+            (tmp_path / "bf16", {**args, **bf16_teacher})]
+    with ThreadPoolExecutor(2) as pool:  # two single-threaded jobs side by side
+        ref, got = pool.map(lambda run: _run(tiny_corpus, run[0], **run[1]), runs)
+    for i in (1, 2):
+        assert got[i]["kd loss"] == pytest.approx(ref[i]["kd loss"], rel=BF16_REL)
+    assert got[1]["kd loss"] != ref[1]["kd loss"], "the teacher did not run in bf16"
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["kd.source=online"], "needs exactly one of teacher.checkpoint and teacher.hf_path"),
     (["kd.kind=kl"], "kd.kind='kl' is not one of"),
@@ -83,7 +109,8 @@ def test_teacher_from_hugging_face_dir(tiny_corpus, tmp_path):
         dirs[name] = tmp_path / f"hf_{name}"
         T.AutoModelForCausalLM.from_config(cfg).save_pretrained(dirs[name])
     env = {"MEGAKD_CACHE": str(tmp_path / "cache")}
-    args = {**KD, "teacher.hf_path": dirs["fits"], "train.iters": 2}
+    # converted once in fp32; the load, not the conversion, decides what the teacher runs in
+    args = {**KD, "teacher.hf_path": dirs["fits"], "train.iters": 2, "teacher.precision": "bf16"}
     run_job(tiny_args(tiny_corpus, tmp_path / "ok", **args), env=env)
     got = read_metrics(tmp_path / "ok" / "metrics.jsonl")
     assert got[2]["kd loss"] > 0 and got[2]["alpha"] > 0

@@ -12,6 +12,7 @@ same bytes. Read the store with megakd.data.logits_store.open_store; format: doc
 import argparse
 import os
 import sys
+from typing import get_args
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -19,6 +20,7 @@ from megakd.errors import cli_main  # noqa: E402
 
 
 def parse_args(argv=None):
+    from megakd.config import Precision, TransformerImpl
     from megakd.data.logits_store.dump import DumpArgs
 
     d = DumpArgs("", "", "")
@@ -37,6 +39,10 @@ def parse_args(argv=None):
     p.add_argument("--stride", type=int, default=d.stride,
                    help="window step: every token past the first window has >= window - stride tokens of context")
     p.add_argument("--tp", type=int, default=d.tp, help="tensor-parallel size of the teacher")
+    p.add_argument("--precision", choices=get_args(Precision), default=d.precision,
+                   help="what the teacher runs in (recorded in the store); bf16 halves its memory")
+    p.add_argument("--transformer-impl", choices=get_args(TransformerImpl), default=d.transformer_impl,
+                   help="the teacher's layer spec (auto: Transformer Engine where TE and CUDA are)")
     p.add_argument("--micro-batch-size", type=int, default=d.micro_batch_size, help="windows per forward")
     p.add_argument("--codec", choices=["zlib", "lzma"], default=d.codec, help="block compression (lzma: ~8%% smaller, slower)")
     p.add_argument("--max-kl", type=float, default=d.max_kl,

@@ -66,13 +66,20 @@ def single_process():
         os.environ.update(saved)
 
 
-def _build(m: ModelConfig, vocab_size: int, seq_length: int, parallel: Optional[ParallelConfig] = None):
-    """megakd's GPTModel at the current parallel layout, local (TE-free) layer spec."""
+def _build(m: ModelConfig, runtime, vocab_size: int, seq_length: int,
+           parallel: Optional[ParallelConfig] = None):
+    """megakd's GPTModel of `m`, run as `runtime` (a megakd.models.Runtime), at the current layout."""
     from megakd.models import build_model
 
-    m = dataclasses.replace(m, transformer_impl="local", fp8=False, hidden_dropout=0.0,
-                            attention_dropout=0.0)
-    return build_model(m, parallel or ParallelConfig(), vocab_size, seq_length)
+    return build_model(runtime.apply(m), parallel or ParallelConfig(), vocab_size, seq_length)
+
+
+def _local(precision: str):
+    """How conversion builds: the local spec runs without a GPU and has the parameter names
+    families.py maps; megatron-core saves it under the TE spec's keys, so either spec loads it."""
+    from megakd.models import Runtime
+
+    return Runtime(precision=precision, transformer_impl="local")
 
 
 def _weights(model) -> Dict[str, torch.Tensor]:
@@ -94,7 +101,7 @@ def hf_to_mcore(hf_path: str, out: str, dtype: str = "fp32",
     weights = normalize_names(read_hf_weights(hf_path), family.hf_prefix)
     seq_length = m.max_position_embeddings
     with AtomicDir(out) as tmp, single_process():
-        model = _build(m, m.vocab_size, seq_length)
+        model = _build(m, _local(dtype), m.vocab_size, seq_length)
         expected = {k: v.shape for k, v in _weights(model).items()}
         padded = model.embedding.word_embeddings.weight.shape[0]
         mapped = hf_to_mcore_tensors(family.all_rules(m.num_layers), weights, expected,
@@ -127,13 +134,16 @@ def read_checkpoint_config(ckpt: str) -> Tuple[ModelConfig, dict]:
     return from_dict(ModelConfig, common["config"]["model"]), common
 
 
-def load_checkpoint_model(ckpt: str, parallel: Optional[ParallelConfig] = None):
+def load_checkpoint_model(ckpt: str, parallel: Optional[ParallelConfig] = None, runtime=None):
     """Build the model a checkpoint describes at the current megatron parallel layout and load its
-    weights (saved at any TP/PP). Needs megatron parallel_state initialised. Returns (model, common)."""
+    weights (saved at any TP/PP). `runtime` (megakd.models.Runtime): the precision and layer spec it
+    runs with; default: the precision it was saved in, at the local spec. Needs megatron
+    parallel_state initialised. Returns (model, common)."""
     from megakd.training import checkpoint
 
     m, common = read_checkpoint_config(ckpt)
-    model = _build(m, common["vocab_size"], common["config"]["train"]["seq_length"], parallel)
+    model = _build(m, runtime or _local(m.precision), common["vocab_size"],
+                   common["config"]["train"]["seq_length"], parallel)
     checkpoint.load_weights(ckpt, model)
     return model, common
 

@@ -59,7 +59,7 @@ class InstructionTrainer:
         self.teacher = None
         if mm.method != "sft":
             self.teacher = load_teacher(teacher_path(cfg.teacher), ParallelConfig(tp=p.tp), self.tokenizer,
-                                        cfg.data.tokenizer, self.model.vocab_size)
+                                        cfg.data.tokenizer, self.model.vocab_size, cfg.teacher_runtime())
         self.train_examples = load_examples(mm.train_data, self.tokenizer, cfg.train.seq_length)
         self.valid_examples = (load_examples(mm.valid_data, self.tokenizer, cfg.train.seq_length)
                                if mm.valid_data else [])

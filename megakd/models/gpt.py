@@ -5,6 +5,7 @@ One builder for the families megakd supports; a family is a handful of Transform
 a layer-spec swap, as megatron-core intends.
 """
 
+import dataclasses
 import math
 from typing import Callable
 
@@ -15,9 +16,9 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
 
-from megakd.config import ModelConfig, ParallelConfig
+from megakd.config import ModelConfig, ParallelConfig, Precision, TransformerImpl
 from megakd.errors import ConfigError, PlatformError
-from megakd.platform.fp8 import require_fp8
+from megakd.platform import fp8
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -49,22 +50,33 @@ def ffn_hidden_size(cfg: ModelConfig) -> int:
     return int(math.ceil(8 * cfg.hidden_size / 3 / 64) * 64)
 
 
-def use_transformer_engine(cfg: ModelConfig) -> bool:
-    """Resolve model.transformer_impl; 'transformer_engine' or fp8 without TE+CUDA is an error."""
-    have_te = False
-    if torch.cuda.is_available():
-        try:
-            import transformer_engine  # noqa: F401
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """How a saved model runs, whatever it was saved as: a teacher as Config.teacher_runtime says,
+    conversion at the local spec (it runs on CPU). Frozen models only run forward: no dropout, and
+    never FP8 (it speeds up the student's training; a teacher in FP8 would round every target)."""
 
-            have_te = True
-        except Exception:
-            have_te = False
+    precision: Precision = "fp32"
+    transformer_impl: TransformerImpl = "auto"
+
+    def apply(self, m: ModelConfig) -> ModelConfig:
+        return dataclasses.replace(m, precision=self.precision, transformer_impl=self.transformer_impl,
+                                   fp8=False, hidden_dropout=0.0, attention_dropout=0.0)
+
+
+def use_transformer_engine(cfg: ModelConfig) -> bool:
+    """Resolve model.transformer_impl (auto: TE where TE and CUDA are); a TE spec or FP8 that cannot
+    run here is a one-line error, never a silent fallback."""
+    cfg.check_fp8()
     if cfg.fp8:
-        require_fp8()  # one-line PlatformError without CUDA, Hopper and TE
+        fp8.require_fp8()
+    if cfg.transformer_impl == "local":
+        return False
+    have_te = torch.cuda.is_available() and fp8.transformer_engine_error() is None
     if cfg.transformer_impl == "transformer_engine" and not have_te:
         raise PlatformError("model.transformer_impl=transformer_engine needs CUDA and Transformer "
                             "Engine (use the GPU container, see Dockerfile); on CPU set it to local")
-    return have_te and cfg.transformer_impl != "local"
+    return have_te
 
 
 def transformer_config(cfg: ModelConfig, parallel: ParallelConfig) -> TransformerConfig:
@@ -72,13 +84,10 @@ def transformer_config(cfg: ModelConfig, parallel: ParallelConfig) -> Transforme
     llama = cfg.arch == "llama"
     on_cpu = not torch.cuda.is_available()
     dtype = _DTYPES[cfg.precision]
-    fp8 = {}
-    if parallel.sequence_parallel and not use_transformer_engine(cfg):
+    te = use_transformer_engine(cfg)  # and the one-line errors for FP8 or TE that cannot run here
+    if parallel.sequence_parallel and not te:
         raise PlatformError("parallel.sequence_parallel needs Transformer Engine norms (GPU container); "
                             "set parallel.sequence_parallel=false on CPU")
-    if cfg.fp8:
-        use_transformer_engine(cfg)  # raises a one-line error without TE + CUDA + Hopper
-        fp8 = dict(fp8="hybrid", fp8_recipe="delayed")
     return TransformerConfig(
         num_layers=cfg.num_layers,
         hidden_size=cfg.hidden_size,
@@ -111,7 +120,7 @@ def transformer_config(cfg: ModelConfig, parallel: ParallelConfig) -> Transforme
         gradient_accumulation_fusion=False,
         persist_layer_norm=False,
         calculate_per_token_loss=True,
-        **fp8,
+        **(fp8.RECIPE if cfg.fp8 else {}),
     )
 
 

@@ -1,72 +1,44 @@
-"""FP8 for the output layer through Transformer Engine (Hopper or newer GPUs only).
+"""model.fp8 (what it covers: its docstring in megakd/config.py) the way megatron-core does it.
 
-Only the output projection's GEMM runs in FP8 (inside TE's autocast); the KD and LM losses that
-consume its logits always accumulate in fp32 (megakd.losses). Asking for FP8 where it cannot run is
-a one-line PlatformError naming the fix, never a silent fallback.
+The recipe goes on the TransformerConfig; megatron-core's TransformerBlock then runs its layers
+inside Transformer Engine's fp8_autocast, where only TE modules (the TE layer spec's linears) compute
+in FP8. The output layer is megatron's own ColumnParallelLinear, outside the block, so the logits and
+the losses on them stay in bf16/fp32. Asking for FP8 where it cannot run is a one-line PlatformError
+naming the fix, never a silent fallback.
 """
-
-import contextlib
 
 from megakd.errors import PlatformError
 
-MIN_CAPABILITY = (9, 0)  # Hopper
-RECIPES = ("delayed", "current")
+MIN_CAPABILITY = (8, 9)  # Ada and Hopper: the first GPUs with FP8 tensor cores
+
+RECIPE = dict(fp8="hybrid", fp8_recipe="delayed", fp8_amax_history_len=1024,
+              fp8_amax_compute_algo="max")
+"""TransformerConfig fields: E4M3 forward, E5M2 gradients, scales from the largest amax of the last
+1024 steps (the settings of Megatron-LM's FP8 training examples)."""
 
 
-def _transformer_engine():
-    """Import TE's PyTorch API, or raise the PlatformError that says how to get it."""
+def transformer_engine_error():
+    """None when Transformer Engine's PyTorch API imports here, else the name of the failure."""
     try:
-        import transformer_engine.pytorch as te
-        from transformer_engine.common import recipe
+        import transformer_engine.pytorch  # noqa: F401
     except Exception as e:  # ImportError, or TE's own errors when its CUDA libraries are missing
-        raise PlatformError(
-            f"fp8 needs Transformer Engine (import failed: {type(e).__name__}); "
-            "install transformer-engine[pytorch] on a CUDA machine or set fp8 off"
-        ) from None
-    return te, recipe
+        return type(e).__name__
+    return None
 
 
-def require_fp8():
-    """Check that FP8 can run here (CUDA, compute capability >= 9.0, TE importable); return TE's modules."""
+def require_fp8() -> None:
+    """Raise the one-line PlatformError that says why FP8 cannot run here (CUDA, compute capability
+    >= 8.9, Transformer Engine), if it cannot."""
     import torch
 
     if not torch.cuda.is_available():
-        raise PlatformError("fp8 needs a CUDA GPU (none is available here); set fp8 off to run without it")
-    cc = torch.cuda.get_device_capability()
-    if tuple(cc) < MIN_CAPABILITY:
-        raise PlatformError(
-            f"fp8 needs a Hopper-or-newer GPU (compute capability >= 9.0, this one is {cc[0]}.{cc[1]}); "
-            "set fp8 off"
-        )
-    return _transformer_engine()
-
-
-def make_recipe(recipe_module, kind="delayed"):
-    """TE recipe: 'delayed' = DelayedScaling (amax history), 'current' = Float8CurrentScaling.
-    HYBRID = E4M3 forward, E5M2 gradients."""
-    fmt = recipe_module.Format.HYBRID
-    if kind == "delayed":
-        return recipe_module.DelayedScaling(fp8_format=fmt, amax_history_len=1024, amax_compute_algo="max")
-    if kind == "current":
-        return recipe_module.Float8CurrentScaling(fp8_format=fmt)
-    raise ValueError(f"unknown fp8 recipe {kind!r}; choose one of {list(RECIPES)}")
-
-
-@contextlib.contextmanager
-def fp8_output_context(enabled: bool, recipe: str = "delayed", amax_group=None):
-    """Run the enclosed TE layers (the output layer) in FP8; a no-op when not enabled.
-
-    amax_group: process group over which TE reduces amax (e.g. the TP group)."""
-    if not enabled:
-        yield
-        return
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown fp8 recipe {recipe!r}; choose one of {list(RECIPES)}")
-    te, recipe_module = require_fp8()
-    fp8_recipe = make_recipe(recipe_module, recipe)
-    if hasattr(te, "autocast"):  # newer TE renamed fp8_autocast to autocast (old name deprecated)
-        ctx = te.autocast(enabled=True, recipe=fp8_recipe, amax_reduction_group=amax_group)
-    else:
-        ctx = te.fp8_autocast(enabled=True, fp8_recipe=fp8_recipe, fp8_group=amax_group)
-    with ctx:
-        yield
+        raise PlatformError("model.fp8 needs a CUDA GPU (none is available here); set model.fp8=false")
+    cc = tuple(torch.cuda.get_device_capability())
+    if cc < MIN_CAPABILITY:
+        raise PlatformError(f"model.fp8 needs a GPU of compute capability >= 8.9 (Ada, Hopper or newer; "
+                            f"this one is {cc[0]}.{cc[1]}); set model.fp8=false")
+    error = transformer_engine_error()
+    if error is not None:
+        raise PlatformError(f"model.fp8 needs Transformer Engine (import failed: {error}); use the GPU "
+                            f"container (Dockerfile) or install transformer-engine[pytorch], or set "
+                            f"model.fp8=false")

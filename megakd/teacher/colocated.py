@@ -61,7 +61,8 @@ class ColocatedTeacher(TeacherSource):
         # Same TP and PP as the student: load_teacher refuses a split the teacher does not allow.
         self.model = load_teacher(teacher_path(cfg.teacher),
                                   ParallelConfig(tp=cfg.parallel.tp, pp=cfg.parallel.pp),
-                                  trainer.tokenizer, cfg.data.tokenizer, trainer.model.vocab_size)
+                                  trainer.tokenizer, cfg.data.tokenizer, trainer.model.vocab_size,
+                                  cfg.teacher_runtime())
         self.pair = None
 
     def pipeline(self, student) -> Tuple[torch.nn.Module, Optional[Callable]]:

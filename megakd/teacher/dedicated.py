@@ -169,7 +169,7 @@ class TeacherServer:
         self.tokenizer = MegatronTokenizer(load_tokenizer(cfg.data.tokenizer))
         # load_teacher refuses a layout that does not split the teacher and another tokenizer
         self.model = load_teacher(teacher_path(t), ParallelConfig(tp=t.tp, pp=t.pp), self.tokenizer,
-                                  cfg.data.tokenizer)
+                                  cfg.data.tokenizer, runtime=cfg.teacher_runtime())
         self.group = ps.get_data_parallel_rank()
         self.sender = ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
         if self.sender:

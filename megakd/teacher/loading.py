@@ -1,5 +1,6 @@
 """Teacher weights for every placement (co-located, dedicated ranks, the offline logits dump): a
-megakd checkpoint or a local HF dir, checked against the student's tokenizer, eval mode, frozen.
+megakd checkpoint or a local HF dir, checked against the student's tokenizer, eval mode, frozen, in
+the precision and layer spec its caller asks for (Config.teacher_runtime, or the dump's options).
 
 Nothing here needs a Trainer: the dump tool and dedicated teacher ranks load teachers too. Callers
 have megatron parallel_state set up for the layout the teacher runs at (`parallel`)."""
@@ -54,8 +55,9 @@ def check_layout(path: str, m, parallel: ParallelConfig):
 
 
 def load_teacher(path: str, parallel: ParallelConfig, tokenizer, tokenizer_path: str,
-                 padded_vocab: Optional[int] = None):
-    """The teacher model (eval, frozen) of checkpoint `path` at layout `parallel`.
+                 padded_vocab: Optional[int] = None, runtime=None):
+    """The teacher model (eval, frozen) of checkpoint `path` at layout `parallel`, run as `runtime`
+    (megakd.models.Runtime; default: as saved, at the local spec).
 
     Refuses a teacher trained with another tokenizer (vocab fingerprint, when the checkpoint records
     one) or with more token ids than the student's tokenizer. `padded_vocab`: the student's padded
@@ -64,7 +66,7 @@ def load_teacher(path: str, parallel: ParallelConfig, tokenizer, tokenizer_path:
     from megakd.convert import load_checkpoint_model, read_checkpoint_config
 
     check_layout(path, read_checkpoint_config(path)[0], parallel)
-    teacher, common = load_checkpoint_model(path, parallel)
+    teacher, common = load_checkpoint_model(path, parallel, runtime)
     mine = vocab_fingerprint(tokenizer.hf_tokenizer)
     theirs = common.get("tokenizer", {})  # recorded by the trainer; absent in HF conversions
     if theirs.get("fingerprint", mine) != mine:

@@ -15,11 +15,12 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, get_args
 
 import numpy as np
 import torch
 
+from megakd.config import Precision, TransformerImpl
 from megakd.data.logits_store import codec
 from megakd.data.logits_store import store as st
 from megakd.data.shards import assigned, shard_written, start_or_resume
@@ -36,6 +37,8 @@ class DumpArgs:
     output: str
     teacher: Optional[str] = None  # megakd dist checkpoint
     teacher_hf: Optional[str] = None  # or a local HF model dir / .gguf (converted once, cached)
+    precision: str = "fp32"  # what the teacher runs in (no student to follow here)
+    transformer_impl: str = "auto"  # the teacher's layer spec, as model.transformer_impl
     top_p: float = 0.95
     top_k: int = 100
     temperature: float = 1.0
@@ -61,6 +64,9 @@ class DumpArgs:
             raise ConfigError(f"need --window >= 1 and 1 <= --stride <= --window (got {self.window}, {self.stride})")
         if self.micro_batch_size < 1 or self.tp < 1:
             raise ConfigError("--micro-batch-size and --tp must be >= 1")
+        if self.precision not in get_args(Precision) or self.transformer_impl not in get_args(TransformerImpl):
+            raise ConfigError(f"--precision must be one of {list(get_args(Precision))} and --transformer-impl "
+                              f"one of {list(get_args(TransformerImpl))} (got {self.precision}, {self.transformer_impl})")
         st.StoreMeta(vocab_size=1, top_k=self.top_k, codec=self.codec, max_kl=self.max_kl,
                      block_rows=self.block_rows, shard_tokens=self.shard_tokens).validate()
 
@@ -169,6 +175,7 @@ def dump(args: DumpArgs) -> DumpResult:
     from megakd.convert.convert import read_checkpoint_config
     from megakd.data.indexed import open_indexed
     from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer, vocab_fingerprint
+    from megakd.models import Runtime
     from megakd.teacher.loading import load_teacher, teacher_path
 
     args.validate()
@@ -176,7 +183,8 @@ def dump(args: DumpArgs) -> DumpResult:
     tokenizer = MegatronTokenizer(load_tokenizer(args.tokenizer))
     env = platform.init_model_parallel(args.tp, 1, seed=0, timeout_minutes=args.timeout_minutes)
     path = teacher_path(TeacherConfig(checkpoint=args.teacher, hf_path=args.teacher_hf))
-    model = load_teacher(path, ParallelConfig(tp=args.tp), tokenizer, args.tokenizer)
+    model = load_teacher(path, ParallelConfig(tp=args.tp), tokenizer, args.tokenizer,
+                         runtime=Runtime(args.precision, args.transformer_impl))
     if model.position_embedding_type == "learned_absolute" and args.window > model.max_sequence_length:
         raise ConfigError(f"--window {args.window} exceeds the {model.max_sequence_length} positions "
                           f"teacher {path} has learned; pass --window {model.max_sequence_length} or less")
@@ -185,6 +193,7 @@ def dump(args: DumpArgs) -> DumpResult:
         tokenizer=os.path.abspath(args.tokenizer),
         teacher=os.path.abspath(args.teacher or args.teacher_hf),
         teacher_fingerprint=teacher_fingerprint(path, read_checkpoint_config(path)[1]),
+        teacher_precision=args.precision,
         top_p=args.top_p, temperature=args.temperature, window=args.window, stride=args.stride,
         codec=args.codec, max_kl=args.max_kl, block_rows=args.block_rows, shard_tokens=args.shard_tokens)
     if _prepare(args, meta):

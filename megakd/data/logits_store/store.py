@@ -49,6 +49,7 @@ class StoreMeta:
     tokenizer: str = ""
     teacher: str = ""
     teacher_fingerprint: str = ""
+    teacher_precision: str = ""  # what the teacher ran in ("": not recorded, dumped before it was)
     top_p: float = 1.0
     temperature: float = 1.0
     window: int = 0  # 0: whole documents

@@ -4,7 +4,7 @@ import os
 
 from dist_utils import read_metrics, run_job, tiny_args
 
-from megakd.training.checkpoint import latest_iteration
+from megakd.checkpoint import latest_iteration
 from megakd.training.trainer import FAULT_ENV
 
 

@@ -14,7 +14,7 @@ import torch
 
 from megakd.config import ModelConfig, ParallelConfig, from_dict
 from megakd.convert import load_checkpoint_model
-from megakd.training import checkpoint
+from megakd import checkpoint
 
 
 @dataclass

@@ -26,7 +26,7 @@ from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer, vocab_finge
 from megakd.losses import SparseTarget, distill_loss, fuses_lm, schedules
 from megakd.models import build_model, sharded_logits
 from megakd.platform import comm
-from megakd.training import checkpoint
+from megakd import checkpoint
 from megakd import teacher as teacher_source
 from megakd.teacher.loading import hf_checkpoint
 from megakd.training.logging import MetricsLogger

@@ -129,7 +129,7 @@ N_DOCS = 40
 
 
 def test_windows_tile_every_document():
-    from megakd.data.logits_store.dump import windows
+    from megakd.teacher.dump import windows
 
     for length in (1, 5, 64, 65, 200, 1000):
         ws = windows(length, 64, 48)

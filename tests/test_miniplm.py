@@ -17,7 +17,7 @@ from megakd.data.indexed import open_indexed, write_indexed
 from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer
 from megakd.errors import DataError
 from megakd.miniplm.instances import Instances
-from megakd.data.shards import FAULT_ENV
+from megakd.platform.faults import KILL_AFTER_SHARDS
 from megakd.miniplm.score import read_scores
 from megakd.miniplm.select import SelectArgs, choose, num_kept, select
 from megakd.miniplm.text import ByteLevelText
@@ -185,7 +185,7 @@ def test_padding_in_a_batch_of_documents_does_not_change_a_score(setup):
 
 def test_kill_and_resume_gives_the_same_scores_file(setup, scored):
     out = setup["root"] / "scores_killed"
-    proc = run_job(_score_args(setup, out), script=SCORE, env={FAULT_ENV: "2"}, check=False)
+    proc = run_job(_score_args(setup, out), script=SCORE, env={KILL_AFTER_SHARDS: "2"}, check=False)
     assert proc.returncode == -9, proc.stderr[-2000:]
     shards = sorted(os.listdir(out / "shards"))
     assert shards == ["run.json", "shard_000000.npy", "shard_000001.npy"]

@@ -27,11 +27,11 @@ from typing import Optional, Sequence
 import numpy
 import torch
 
-from megakd.data.shards import assigned, save_npy_atomic, shard_written, start_or_resume, write_json_atomic
+from megakd.data.shards import assigned, save_npy_atomic, start_or_resume, write_json_atomic
 from megakd.errors import CheckpointError, ConfigError, DataError
 from megakd.inference import load_for_inference, mean_logprobs
 from megakd.miniplm.instances import Instances
-from megakd.platform import comm
+from megakd.platform import comm, faults
 
 FORMAT = "megakd.miniplm.scores/1"
 COLUMNS = ("diff", "teacher", "reference")
@@ -169,7 +169,7 @@ def score(args: ScoreArgs) -> ScoreResult:
         if is_writer:
             save_npy_atomic(_shard_path(shard_dir, k), numpy.concatenate(rows))
             written += 1
-            shard_written(written)
+            faults.shard_written(written)
     bar.close()
     elapsed = time.perf_counter() - start
     comm.barrier()

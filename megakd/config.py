@@ -17,6 +17,7 @@ from typing import List, Literal, Optional, Union
 
 import yaml
 
+from megakd.data.blend import parse_blend
 from megakd.errors import ConfigError
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -348,8 +349,6 @@ class Config:
                 raise ConfigError("a co-located teacher with parallel.pp > 1 does not support "
                                   "parallel.sequence_parallel yet; set it to false")
         if k.source == "offline":
-            from megakd.data.gpt import parse_blend
-
             prefixes = parse_blend(self.data.prefix)[0] if self.data.prefix is not None else [None]
             stores = [k.store] if isinstance(k.store, str) else k.store or []
             if len(stores) != len(prefixes):

@@ -11,7 +11,7 @@ import torch
 
 from dist_utils import REPO, read_metrics, run_job, tiny_args
 
-from megakd.training.checkpoint import TRACKER, iter_dir
+from megakd.checkpoint import TRACKER, iter_dir
 
 CONVERT = os.path.join(REPO, "tools", "convert_checkpoint.py")
 EVAL = os.path.join(REPO, "tools", "eval_loss.py")

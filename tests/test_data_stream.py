@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from megakd.config import load_config
-from megakd.data.gpt import BatchStream, build_datasets, parse_blend
+from megakd.data.blend import parse_blend
+from megakd.data.gpt import BatchStream, build_datasets
 from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer
 from megakd.errors import ConfigError
 

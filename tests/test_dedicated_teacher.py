@@ -11,6 +11,7 @@ from dist_utils import REPO, init_and_teacher, read_metrics, run_job, tiny_args
 
 from megakd.config import ModelConfig, ParallelConfig, load_config
 from megakd.errors import ConfigError
+from megakd.platform import faults
 
 KD = {"kd.source": "online", "kd.kind": "fkl", "kd.temperature": 2.0, "kd.top_p": 0.95,
       "kd.top_k": 20, "kd.alpha": 0.9, "train.iters": 4, "train.eval_interval": 2,
@@ -65,7 +66,7 @@ def test_dead_or_hung_teacher_stops_the_job_naming_the_rank(fault, models, tiny_
     start = time.monotonic()
     proc = run_job(tiny_args(tiny_corpus, tmp_path, **KD, **{
         **DEDICATED, "teacher.ranks": 1, "teacher.timeout_s": 5, "checkpoint.pretrained": init, "teacher.checkpoint": teacher}), nproc=2,
-        env={"MEGAKD_FAULT_TEACHER": f"{fault}:1"}, check=False, timeout=300)
+        env={faults.TEACHER: f"{fault}:1"}, check=False, timeout=300)
     assert proc.returncode != 0
     ours = "error: teacher global rank 1 failed or sent nothing for 5 s" in proc.stderr
     torchrun = "rank      : 1 (local_rank: 1)\n  exitcode  : -9" in proc.stderr

@@ -129,7 +129,7 @@ N_DOCS = 40
 
 
 def test_windows_tile_every_document():
-    from megakd.data.logits_store.dump import windows
+    from megakd.teacher.dump import windows
 
     for length in (1, 5, 64, 65, 200, 1000):
         ws = windows(length, 64, 48)
@@ -206,7 +206,7 @@ def _reference(setup, docs):
 
 
 def test_dump_matches_in_process_teacher_same_bytes_at_dp2_and_after_a_kill_close_at_tp2(dump_setup):
-    from megakd.data.shards import FAULT_ENV
+    from megakd.platform.faults import KILL_AFTER_SHARDS
 
     work, _, _, prefix = dump_setup
     whole = str(work / "whole")
@@ -226,7 +226,7 @@ def test_dump_matches_in_process_teacher_same_bytes_at_dp2_and_after_a_kill_clos
     dp2 = str(work / "dp2")
     _dump(dump_setup, dp2, nproc=2, **win)
     one = str(work / "killed")
-    proc = _dump(dump_setup, one, env={FAULT_ENV: "2"}, check=False, **win)
+    proc = _dump(dump_setup, one, env={KILL_AFTER_SHARDS: "2"}, check=False, **win)
     assert proc.returncode != 0 and not os.path.exists(os.path.join(one, "store.json"))
     assert sum(n.startswith("shard-") and n.endswith(".bin") for n in os.listdir(one)) == 2
     _dump(dump_setup, one, **win)

@@ -17,7 +17,7 @@ from megakd.data.indexed import open_indexed, write_indexed
 from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer
 from megakd.errors import DataError
 from megakd.miniplm.instances import Instances
-from megakd.data.shards import FAULT_ENV
+from megakd.platform.faults import KILL_AFTER_SHARDS
 from megakd.miniplm.score import read_scores
 from megakd.miniplm.select import SelectArgs, choose, num_kept, select
 from megakd.miniplm.text import ByteLevelText
@@ -117,7 +117,7 @@ def _direct_mean_logprobs(setup, instances):
     """Mean log p of tokens 1..n-1 from full logits + log_softmax (not the tool's labels= path)."""
     import torch
 
-    from megakd.miniplm.model import load_for_inference
+    from megakd.inference import load_for_inference
 
     with single_process():
         out = []
@@ -168,8 +168,8 @@ def test_selected_set_is_the_top_alpha_of_the_two_models(setup, scored, tmp_path
 
 def test_padding_in_a_batch_of_documents_does_not_change_a_score(setup):
     """--instances documents batches sequences of different lengths, right-padded."""
-    from megakd.miniplm.model import load_for_inference
-    from megakd.miniplm.score import mean_logprobs
+    from megakd.inference import load_for_inference
+    from megakd.inference import mean_logprobs
 
     docs = Instances([setup["prefix"]], "documents")
     batch = [docs.tokens(i) for i in range(4)]
@@ -185,7 +185,7 @@ def test_padding_in_a_batch_of_documents_does_not_change_a_score(setup):
 
 def test_kill_and_resume_gives_the_same_scores_file(setup, scored):
     out = setup["root"] / "scores_killed"
-    proc = run_job(_score_args(setup, out), script=SCORE, env={FAULT_ENV: "2"}, check=False)
+    proc = run_job(_score_args(setup, out), script=SCORE, env={KILL_AFTER_SHARDS: "2"}, check=False)
     assert proc.returncode == -9, proc.stderr[-2000:]
     shards = sorted(os.listdir(out / "shards"))
     assert shards == ["run.json", "shard_000000.npy", "shard_000001.npy"]
@@ -277,8 +277,8 @@ def test_heldout_windows_predict_every_token_but_the_first_once():
 def test_heldout_loss_is_the_documents_mean_nll_on_one_rank_and_two(setup, tmp_path):
     """Windows longer than every document: the token-weighted mean of each document's own mean
     log-likelihood (the scoring path); DP2 (windows spread, sums all-reduced) == one process."""
-    from megakd.miniplm.model import load_for_inference
-    from megakd.miniplm.score import mean_logprobs
+    from megakd.inference import load_for_inference
+    from megakd.inference import mean_logprobs
     from megakd.training.heldout import heldout_loss, windows
 
     docs = Instances([setup["prefix"]], "documents")

@@ -4,8 +4,8 @@ import os
 
 from dist_utils import read_metrics, run_job, tiny_args
 
-from megakd.training.checkpoint import latest_iteration
-from megakd.training.trainer import FAULT_ENV
+from megakd.checkpoint import latest_iteration
+from megakd.platform.faults import KILL_AT_ITER
 
 
 def test_kill_and_resume_reproduces_uninterrupted_run(tiny_corpus, tmp_path):
@@ -17,7 +17,7 @@ def test_kill_and_resume_reproduces_uninterrupted_run(tiny_corpus, tmp_path):
     crashed = tmp_path / "crashed"
     ckpt = crashed / "ckpt"
     proc = run_job(tiny_args(tiny_corpus, crashed, **common, **{"checkpoint.save": ckpt}),
-                   env={FAULT_ENV: "6"}, check=False)
+                   env={KILL_AT_ITER: "6"}, check=False)
     assert proc.returncode != 0, "the fault injection should have killed the job"
     assert latest_iteration(ckpt) == 4
     assert not os.path.exists(ckpt / "iter_0000008")

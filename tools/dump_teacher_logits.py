@@ -21,7 +21,7 @@ from megakd.errors import cli_main  # noqa: E402
 
 def parse_args(argv=None):
     from megakd.config import Precision, TransformerImpl
-    from megakd.data.logits_store.dump import DumpArgs
+    from megakd.teacher.dump import DumpArgs
 
     d = DumpArgs("", "", "")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -58,7 +58,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from megakd import platform
-    from megakd.data.logits_store.dump import DumpArgs, dump
+    from megakd.teacher.dump import DumpArgs, dump
 
     try:
         dump(DumpArgs(**vars(args)))

@@ -266,7 +266,7 @@ class Study:
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self):
-        from megakd.training import checkpoint
+        from megakd import checkpoint
 
         results = self._load_json("eval.json")
         heldout = [self.prefix("heldout_shakespeare"), self.prefix("heldout_kjv")]

@@ -90,7 +90,7 @@ def hf_to_mcore(hf_path: str, out: str, dtype: str = "fp32",
                 make_vocab_size_divisible_by: int = 128) -> str:
     """Convert a local HF model directory or .gguf file into a megatron-core dist checkpoint at `out`
     (`out/iter_0000000/` + tracker, weights only; load it with checkpoint.pretrained). Returns out."""
-    from megakd.training import checkpoint
+    from megakd import checkpoint
 
     if dtype not in DTYPES:
         raise ConversionError(f"dtype {dtype!r} is not one of {list(DTYPES)}")
@@ -122,7 +122,7 @@ def read_checkpoint_config(ckpt: str) -> Tuple[ModelConfig, dict]:
     """(ModelConfig, common state) of a megakd dist checkpoint (root or iter_* directory)."""
     from megatron.core.dist_checkpointing.serialization import load_common_state_dict
 
-    from megakd.training import checkpoint
+    from megakd import checkpoint
 
     if not os.path.exists(ckpt):
         raise ConversionError(f"checkpoint {ckpt} does not exist; pass a megakd checkpoint directory "
@@ -139,7 +139,7 @@ def load_checkpoint_model(ckpt: str, parallel: Optional[ParallelConfig] = None, 
     weights (saved at any TP/PP). `runtime` (megakd.models.Runtime): the precision and layer spec it
     runs with; default: the precision it was saved in, at the local spec. Needs megatron
     parallel_state initialised. Returns (model, common)."""
-    from megakd.training import checkpoint
+    from megakd import checkpoint
 
     m, common = read_checkpoint_config(ckpt)
     model = _build(m, runtime or _local(m.precision), common["vocab_size"],
@@ -197,7 +197,7 @@ def _fingerprint(hf_path: str, m: ModelConfig) -> str:
 def cached_hf_checkpoint(hf_path: str, m: ModelConfig, cache_dir: Optional[str] = None) -> str:
     """A dist checkpoint of an HF model, converted once into the cache (in a child process, so it can
     be called from inside a torchrun job: call it on one rank and barrier). Returns its path."""
-    from megakd.training import checkpoint
+    from megakd import checkpoint
 
     base = os.path.basename(os.path.abspath(hf_path).rstrip("/")).replace(".gguf", "")
     out = os.path.join(cache_dir or os.path.join(cache_root(), "hf_convert"),

@@ -7,7 +7,7 @@ at `consumed_samples` continues the exact stream.
 """
 
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Tuple
 
 import numpy
 import torch
@@ -15,24 +15,9 @@ from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegat
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
 from megakd.config import Config
+from megakd.data.blend import parse_blend
 from megakd.data.indexed import open_indexed
-from megakd.errors import ConfigError, DataError
-
-
-def parse_blend(prefix) -> Tuple[List[str], Optional[List[float]]]:
-    """`data.prefix` -> (prefixes, weights): "p", ["p1", "p2"] or [w1, "p1", w2, "p2"]."""
-    if isinstance(prefix, str):
-        return [prefix], None
-    items = list(prefix)
-    if all(isinstance(x, str) for x in items):
-        return items, None
-    if len(items) % 2 or not all(isinstance(w, (int, float)) and isinstance(p, str)
-                                 for w, p in zip(items[::2], items[1::2])):
-        raise ConfigError("data.prefix blend must be [weight1, prefix1, weight2, prefix2, ...]")
-    weights = [float(w) for w in items[::2]]
-    if any(w <= 0 for w in weights):
-        raise ConfigError("data.prefix blend weights must be positive")
-    return list(items[1::2]), weights
+from megakd.errors import DataError
 
 
 def dataset_config(cfg: Config, tokenizer) -> GPTDatasetConfig:

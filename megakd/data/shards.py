@@ -1,31 +1,21 @@
 """Resumable sharded outputs of forward-only passes (MiniPLM scores, the teacher-logits dump).
 
 Work is cut into shards fixed by the data alone; shard k belongs to data-parallel rank k % DP, each
-shard file is written to a temp name and renamed, and a rerun skips shards already on disk. The
-crash-injection hook lets tests kill a run half-way and check that the resumed output is identical.
+shard file is written to a temp name and renamed, and a rerun skips shards already on disk. Callers
+report each written shard to `megakd.platform.faults.shard_written`, so tests can kill a run half-way
+and check that the resumed output is identical.
 """
 
 import json
 import os
-import signal
 from typing import Callable, List
 
 import numpy
-
-# Crash injection for resume tests: SIGKILL this process after it has written this many shards.
-FAULT_ENV = "MEGAKD_FAULT_KILL_AFTER_SHARDS"
 
 
 def assigned(n_shards: int, dp: int, dp_rank: int, done: Callable[[int], bool]) -> List[int]:
     """The shards this data-parallel rank still has to write."""
     return [k for k in range(dp_rank, n_shards, dp) if not done(k)]
-
-
-def shard_written(written: int) -> None:
-    """Call after each shard a process wrote: kills it when FAULT_ENV says so (tests only)."""
-    fault = int(os.environ.get(FAULT_ENV, "0"))
-    if fault and written == fault:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def start_or_resume(run_file: str, settings: dict, mismatch: Exception) -> None:

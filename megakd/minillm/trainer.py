@@ -27,7 +27,7 @@ from megakd.minillm.generate import answer_all, generate, seeded
 from megakd.models import build_model
 from megakd.platform import comm
 from megakd.teacher.loading import hf_checkpoint, load_teacher, teacher_path
-from megakd.training import checkpoint
+from megakd import checkpoint
 from megakd.training.logging import MetricsLogger
 from megakd.training.optimizer import build_optimizer, build_scheduler, optimizer_step
 

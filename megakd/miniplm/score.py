@@ -2,8 +2,8 @@
 
     score(i) = mean_t log p_teacher(x_t | x_<t) - mean_t log p_ref(x_t | x_<t)   over t = 1..n-1
 
-The per-token NLL comes from megatron-core's GPTModel called with ``labels=`` (vocab-parallel cross
-entropy: nothing gathers the full vocabulary, so TP > 1 just works).
+The per-token NLL comes from `megakd.inference` (megatron-core's GPTModel called with ``labels=``:
+vocab-parallel cross entropy, nothing gathers the full vocabulary, so TP > 1 just works).
 
 Output: a directory SCORES/ with
   * scores.npy     float32 [N, 3]: diff, teacher mean log p, reference mean log p (NaN for an
@@ -22,15 +22,16 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import numpy
 import torch
 
-from megakd.data.shards import assigned, save_npy_atomic, shard_written, start_or_resume, write_json_atomic
+from megakd.data.shards import assigned, save_npy_atomic, start_or_resume, write_json_atomic
 from megakd.errors import CheckpointError, ConfigError, DataError
+from megakd.inference import load_for_inference, mean_logprobs
 from megakd.miniplm.instances import Instances
-from megakd.platform import comm
+from megakd.platform import comm, faults
 
 FORMAT = "megakd.miniplm.scores/1"
 COLUMNS = ("diff", "teacher", "reference")
@@ -51,56 +52,6 @@ class ScoreArgs:
     pp: int = 1
     timeout_minutes: float = 60.0
     progress: Optional[bool] = True
-
-
-def sequence_nll(model, batch: List[numpy.ndarray], device) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-    """(sum of -log p of tokens 1..n-1, n-1) of each sequence (right-padded into one batch), both
-    float64 [b]; None on a pipeline stage other than the last."""
-    width = max(len(x) for x in batch) - 1
-    tokens = torch.zeros(len(batch), width + 1, dtype=torch.long)
-    mask = torch.zeros(len(batch), width, dtype=torch.float64)
-    for r, x in enumerate(batch):
-        tokens[r, :len(x)] = torch.from_numpy(x.astype(numpy.int64))
-        mask[r, :len(x) - 1] = 1
-    position_ids = torch.arange(width).unsqueeze(0).expand(len(batch), -1)
-    nll = per_token_nll(model, tokens[:, :-1].to(device), position_ids.to(device),
-                        tokens[:, 1:].to(device))
-    if nll is None:
-        return None
-    return (nll.double().cpu() * mask).sum(1), mask.sum(1)
-
-
-def mean_logprobs(model, batch: List[numpy.ndarray], device) -> Optional[torch.Tensor]:
-    """Mean log p of tokens 1..n-1 of each sequence, float64 [b]; None off the last stage."""
-    out = sequence_nll(model, batch, device)
-    if out is None:
-        return None
-    nll, count = out
-    return -nll / count  # 0/0 = NaN for a one-token instance
-
-
-def per_token_nll(model, tokens, position_ids, labels) -> Optional[torch.Tensor]:
-    """-log p of each label, [b, s], from GPTModel's vocab-parallel cross entropy (labels=).
-
-    With PP > 1 the batch goes through megatron-core's pipeline schedule (forward only, one
-    micro-batch); only the last stage gets the result, the others return None.
-    """
-    from megatron.core import parallel_state as ps
-
-    with torch.no_grad():
-        if ps.get_pipeline_model_parallel_world_size() == 1:
-            return model(tokens, position_ids, None, labels=labels)
-        from megatron.core.pipeline_parallel import get_forward_backward_func
-
-        def step(_data_iterator, stage):
-            out = stage(tokens, position_ids, None, labels=labels)
-            return out, lambda nll: (nll.sum(), torch.tensor(nll.numel(), dtype=torch.int,
-                                                              device=nll.device), {"nll": nll.detach()})
-
-        store = get_forward_backward_func()(
-            forward_step_func=step, data_iterator=iter([None]), model=[model], num_microbatches=1,
-            seq_length=tokens.shape[1], micro_batch_size=tokens.shape[0], forward_only=True)
-        return store[0]["nll"] if store else None
 
 
 def score_batch(teacher, reference, batch, device) -> Optional[numpy.ndarray]:
@@ -180,7 +131,6 @@ def score(args: ScoreArgs) -> ScoreResult:
     from tqdm import tqdm
 
     from megakd import platform
-    from megakd.miniplm.model import load_for_inference
 
     if args.micro_batch_size < 1 or args.shard_size < 1:
         raise ConfigError("--micro-batch-size and --shard-size must be >= 1")
@@ -219,7 +169,7 @@ def score(args: ScoreArgs) -> ScoreResult:
         if is_writer:
             save_npy_atomic(_shard_path(shard_dir, k), numpy.concatenate(rows))
             written += 1
-            shard_written(written)
+            faults.shard_written(written)
     bar.close()
     elapsed = time.perf_counter() - start
     comm.barrier()

@@ -9,8 +9,6 @@ bounded by teacher.timeout_s and names the silent rank (docs/PLACEMENT.md).
 
 import datetime
 import json
-import os
-import signal
 import statistics
 import time
 from collections import deque
@@ -26,13 +24,10 @@ from megakd.data.gpt import BatchStream, build_datasets
 from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer
 from megakd.errors import MegakdError
 from megakd.losses.targets import UNUSED_ID, SparseTarget, truncate_teacher
-from megakd.platform import comm
+from megakd.platform import comm, faults
 from megakd.teacher import TeacherSource
 from megakd.teacher.loading import load_teacher, teacher_path
 
-# Fault injection for tests: "kill:R" or "hang:R" makes global rank R (a teacher) die or stop
-# answering after its first student step of targets.
-FAULT_ENV = "MEGAKD_FAULT_TEACHER"
 _HEADER, _LOGPROBS = 1, 2  # message tags on the bridge
 _PLAN_KEY = "megakd/dedicated/plan"
 
@@ -201,7 +196,6 @@ class TeacherServer:
         tr, nmb = self.cfg.train, self.plan["num_microbatches"]
         train = {r: self._stream(self.train_ds, r, self.plan["consumed_samples"])
                  for r in self.replicas}
-        fault = os.environ.get(FAULT_ENV, "")
         forward_s, drain_s = [], 0.0  # forward time of each training step; time waiting on students
         for n, (phase, index) in enumerate(phases(self.cfg, self.plan["iteration"])):
             if phase == "train":
@@ -215,8 +209,8 @@ class TeacherServer:
             targets = self._forward([b for _, b in batches])
             if phase == "train":
                 forward_s.append(time.perf_counter() - start)
-            if n == 1 and fault:
-                _inject(fault, self.split.global_rank)
+            if n == 1:
+                faults.teacher_step(self.split.global_rank)
             if self.sender:
                 for (r, batch), target in zip(batches, targets):
                     self._send(r, batch, target)
@@ -277,13 +271,3 @@ class TeacherServer:
 
 def _sent_key(replica: int) -> str:
     return f"megakd/dedicated/sent/{replica}"
-
-
-def _inject(fault: str, rank: int) -> None:
-    kind, _, target = fault.partition(":")
-    if int(target) != rank:
-        return
-    if kind == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if kind == "hang":
-        time.sleep(10 ** 6)

@@ -14,7 +14,7 @@ import numpy
 import torch
 from megatron.core import parallel_state as ps
 
-from megakd.data.gpt import parse_blend
+from megakd.data.blend import parse_blend
 from megakd.data.tokenizer import vocab_fingerprint
 from megakd.errors import ConfigError
 from megakd.losses.targets import SparseTarget, keep_top

@@ -31,7 +31,7 @@ def heldout_loss(model, prefix: str, seq_length: int, micro_batch_size: int, dev
     from megatron.core import parallel_state as ps
 
     from megakd.data.indexed import open_indexed
-    from megakd.miniplm.score import sequence_nll
+    from megakd.inference import sequence_nll
 
     if seq_length < 1 or micro_batch_size < 1:
         raise ConfigError("--seq-length and --micro-batch-size must be >= 1")
@@ -64,7 +64,7 @@ def evaluate_checkpoint(path: str, prefixes: Sequence[str], seq_length: int, mic
 
     from megakd import platform
     from megakd.data.indexed import document_lengths
-    from megakd.miniplm.model import load_for_inference
+    from megakd.inference import load_for_inference
 
     for p in prefixes:
         document_lengths(p)  # one-line error for a missing or corrupt dataset before the model loads

@@ -7,8 +7,6 @@ the loss and gradients of a step do not depend on how the global batch is split 
 micro-batches.
 """
 
-import os
-import signal
 import time
 from functools import partial
 from typing import Dict, Iterator, List
@@ -19,21 +17,18 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megakd import platform
+from megakd import checkpoint, platform
 from megakd.config import Config
 from megakd.data.gpt import BatchStream, build_datasets
 from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer, vocab_fingerprint
 from megakd.losses import SparseTarget, distill_loss, fuses_lm, schedules
 from megakd.models import build_model, sharded_logits
-from megakd.platform import comm
-from megakd.training import checkpoint
+from megakd.platform import comm, faults
 from megakd import teacher as teacher_source
 from megakd.teacher.loading import hf_checkpoint
 from megakd.training.logging import MetricsLogger
 from megakd.training.optimizer import build_optimizer, build_scheduler, optimizer_step
 
-# Crash injection for resume tests: SIGKILL this process when it reaches the given iteration.
-FAULT_ENV = "MEGAKD_FAULT_KILL_AT_ITER"
 
 
 class Trainer:
@@ -238,12 +233,10 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def train(self) -> None:
         t, c, lg = self.cfg.train, self.cfg.checkpoint, self.cfg.log
-        fault = int(os.environ.get(FAULT_ENV, "0"))
         self.ddp.train()
         tokens_per_step = t.global_batch_size * t.seq_length
         while self.iteration < t.iters:
-            if fault and self.iteration + 1 == fault:
-                os.kill(os.getpid(), signal.SIGKILL)
+            faults.maybe_kill_at_iteration(self.iteration + 1)
             start = time.perf_counter()
             metrics = self.train_step()
             self.iteration += 1

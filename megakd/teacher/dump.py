@@ -1,5 +1,8 @@
 """Dump a teacher's truncated next-token distributions over an indexed dataset into a logits store.
 
+The offline teacher source's producer: it lives with the other teacher sources; the store format it
+writes (reader, writer, codec) is `megakd.data.logits_store`.
+
 Every rank runs the teacher forward-only (TP inside it); the store's shards (fixed by the dataset)
 go round-robin to the data-parallel ranks and TP rank 0 of each writes its own. A document longer
 than `window` is covered by windows `stride` apart; each window emits only the positions past the
@@ -23,9 +26,10 @@ import torch
 from megakd.config import Precision, TransformerImpl
 from megakd.data.logits_store import codec
 from megakd.data.logits_store import store as st
-from megakd.data.shards import assigned, shard_written, start_or_resume
+from megakd.data.shards import assigned, start_or_resume
 from megakd.errors import ConfigError, DataError, StoreError
-from megakd.platform import comm
+from megakd.inference import right_pad
+from megakd.platform import comm, faults
 
 RUN_FILE = "dump.json"  # the settings the dump started with: a rerun must match them
 
@@ -100,11 +104,7 @@ def _forward_rows(model, pieces: List[np.ndarray], args: DumpArgs, device) -> Li
 
     from megakd.losses import truncate_teacher
 
-    width = max(len(p) for p in pieces)
-    tokens = torch.zeros(len(pieces), width, dtype=torch.long)
-    for r, p in enumerate(pieces):
-        tokens[r, :len(p)] = torch.from_numpy(p.astype(np.int64))
-    position_ids = torch.arange(width).unsqueeze(0).expand(len(pieces), -1)
+    tokens, position_ids = right_pad(pieces)
     with torch.no_grad():
         logits = model(tokens.to(device), position_ids.to(device), None)
         target = truncate_teacher(logits, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
@@ -218,7 +218,7 @@ def dump(args: DumpArgs) -> DumpResult:
         if writer is not None:
             writer.close()
             written += 1
-            shard_written(written)
+            faults.shard_written(written)
     bar.close()
     elapsed = time.perf_counter() - start
     comm.barrier()

@@ -13,7 +13,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import List, Literal, Optional, Union
+from typing import List, Literal, NamedTuple, Optional, Union
 
 import yaml
 
@@ -90,6 +90,19 @@ class ModelConfig:
             raise ConfigError("model.fp8 runs Transformer Engine's FP8 linears, which "
                               "model.transformer_impl=local does not have; set it to auto or "
                               "transformer_engine, or set model.fp8=false")
+
+
+class Runtime(NamedTuple):
+    """How a saved model runs, whatever it was saved as: a teacher as Config.teacher_runtime says,
+    conversion at the local spec (it runs on CPU). Frozen models only run forward: no dropout, and
+    never FP8 (it speeds up the student's training; a teacher in FP8 would round every target)."""
+
+    precision: Precision = "fp32"
+    transformer_impl: TransformerImpl = "auto"
+
+    def apply(self, m: ModelConfig) -> ModelConfig:
+        return dataclasses.replace(m, precision=self.precision, transformer_impl=self.transformer_impl,
+                                   fp8=False, hidden_dropout=0.0, attention_dropout=0.0)
 
 
 @dataclass
@@ -374,8 +387,6 @@ class Config:
     def teacher_runtime(self):
         """How every teacher load runs the teacher: teacher.precision / teacher.transformer_impl,
         the student's model.* where they are null (resolved here and nowhere else)."""
-        from megakd.models import Runtime
-
         t, m = self.teacher, self.model
         return Runtime(precision=t.precision or m.precision,
                        transformer_impl=t.transformer_impl or m.transformer_impl)

@@ -5,7 +5,6 @@ One builder for the families megakd supports; a family is a handful of Transform
 a layer-spec swap, as megatron-core intends.
 """
 
-import dataclasses
 import math
 from typing import Callable
 
@@ -16,7 +15,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
 
-from megakd.config import ModelConfig, ParallelConfig, Precision, TransformerImpl
+from megakd.config import ModelConfig, ParallelConfig
 from megakd.errors import ConfigError, PlatformError
 from megakd.platform import fp8
 
@@ -48,20 +47,6 @@ def ffn_hidden_size(cfg: ModelConfig) -> int:
     if cfg.arch == "gpt2":
         return 4 * cfg.hidden_size
     return int(math.ceil(8 * cfg.hidden_size / 3 / 64) * 64)
-
-
-@dataclasses.dataclass(frozen=True)
-class Runtime:
-    """How a saved model runs, whatever it was saved as: a teacher as Config.teacher_runtime says,
-    conversion at the local spec (it runs on CPU). Frozen models only run forward: no dropout, and
-    never FP8 (it speeds up the student's training; a teacher in FP8 would round every target)."""
-
-    precision: Precision = "fp32"
-    transformer_impl: TransformerImpl = "auto"
-
-    def apply(self, m: ModelConfig) -> ModelConfig:
-        return dataclasses.replace(m, precision=self.precision, transformer_impl=self.transformer_impl,
-                                   fp8=False, hidden_dropout=0.0, attention_dropout=0.0)
 
 
 def use_transformer_engine(cfg: ModelConfig) -> bool:

@@ -125,3 +125,19 @@ def test_config_refuses_bad_kd_settings_when_loading(override, message):
     with pytest.raises(ConfigError) as e:
         load_config(None, ["data.prefix=p", "data.tokenizer=t", *override])
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"top_p": 0.0}, "--top-p must be in (0, 1], got 0.0"),
+    ({"temperature": -1.0}, "--temperature must be a finite number > 0, got -1.0"),
+])
+def test_dump_arguments_are_checked_by_the_spec_naming_the_flags(flags, message):
+    from megakd.data.logits_store.dump import DumpArgs
+
+    args = DumpArgs("prefix", "tokenizer", "out", teacher="ckpt", **flags)
+    with pytest.raises(ConfigError) as e:
+        args.validate()
+    assert str(e.value) == message
+    ok = DumpArgs("prefix", "tokenizer", "out", teacher="ckpt", top_p=0.9, top_k=7, temperature=2.0)
+    ok.validate()
+    assert ok.spec == TargetSpec(temperature=2.0, top_p=0.9, top_k=7)

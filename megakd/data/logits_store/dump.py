@@ -59,8 +59,11 @@ class DumpArgs:
             raise ConfigError(f"--top-k must be >= 1 (the store keeps at most top-k ids per token), got {self.top_k}")
         try:
             self.spec
-        except ConfigError as e:
-            raise ConfigError(f"{e} (here: --temperature, --top-p, --top-k)") from None
+        except ConfigError as e:  # the spec names kd.* keys: name this tool's flags instead
+            message = str(e)
+            for key in ("temperature", "top_p", "top_k"):
+                message = message.replace(f"kd.{key}", "--" + key.replace("_", "-"))
+            raise ConfigError(message) from None
         if self.window < 1 or not 1 <= self.stride <= self.window:
             raise ConfigError(f"need --window >= 1 and 1 <= --stride <= --window (got {self.window}, {self.stride})")
         if self.micro_batch_size < 1 or self.tp < 1:

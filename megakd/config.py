@@ -13,7 +13,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import List, Literal, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Dict, List, Literal, NamedTuple, Optional, Union
 
 import yaml
 
@@ -22,6 +22,9 @@ from megakd.errors import ConfigError
 
 Precision = Literal["fp32", "bf16", "fp16"]
 TransformerImpl = Literal["auto", "local", "transformer_engine"]
+
+if TYPE_CHECKING:
+    from megakd.losses.spec import TargetSpec
 
 
 @dataclass
@@ -214,6 +217,9 @@ class KDConfig:
     blend member (in blend order). temperature/top_p/top_k must not be looser than the store's."""
     kind: str = "fkl"
     """Divergence: fkl, rkl, sfkl, srkl, jsd, tvd, mse, nll (megakd.losses)."""
+    kind_args: Dict[str, float] = field(default_factory=dict)
+    """The kind's own settings, e.g. {skew: 0.1} (sfkl, srkl) or {beta: 0.5} (jsd); empty = its
+    defaults (megakd/losses/terms.py)."""
     temperature: float = 1.0
     """Both distributions at temperature T; no T^2 factor (megakd/losses/distill.py)."""
     top_p: float = 1.0
@@ -227,6 +233,14 @@ class KDConfig:
     """wsd: fraction of train.iters over which alpha rises from 0 to kd.alpha."""
     alpha_decay: float = 0.1
     """wsd: final fraction of train.iters over which alpha decays to 0."""
+
+    def spec(self) -> "TargetSpec":
+        """The KD target these settings describe (kind, kind_args, temperature, top_p, top_k), as one
+        frozen TargetSpec; building it validates them (one-line ConfigError naming the key)."""
+        # imported here so that megakd.config loads without torch (the launcher, the docs generator)
+        from megakd.losses.spec import TargetSpec
+
+        return TargetSpec(self.kind, self.kind_args, self.temperature, self.top_p, self.top_k)
 
 
 @dataclass
@@ -342,17 +356,10 @@ class Config:
         return self
 
     def _validate_kd(self):
-        from megakd.losses import KINDS
-
         k, tch = self.kd, self.teacher
-        if k.kind not in KINDS:
-            raise ConfigError(f"kd.kind={k.kind!r} is not one of {sorted(KINDS)}")
+        k.spec()  # kind, kind_args, temperature, top_p, top_k
         if not 0.0 <= k.alpha <= 1.0:
             raise ConfigError(f"kd.alpha={k.alpha} must be in [0, 1]")
-        if k.temperature <= 0:
-            raise ConfigError(f"kd.temperature={k.temperature} must be positive")
-        if not 0.0 < k.top_p <= 1.0 or k.top_k < 0:
-            raise ConfigError("kd.top_p must be in (0, 1] and kd.top_k >= 0")
         if k.source == "online":
             if (tch.checkpoint is None) == (tch.hf_path is None):
                 raise ConfigError("kd.source=online needs exactly one of teacher.checkpoint and "
@@ -551,6 +558,11 @@ def _coerce(tp, value, key):
         if not isinstance(value, list):
             raise _type_error(key, value, tp)
         return [_coerce(args[0], v, key) for v in value] if args else list(value)
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' expects a mapping (e.g. {{name: value}}), got {value!r}")
+        kt, vt = args or (str, typing.Any)
+        return {_coerce(kt, k, key): _coerce(vt, v, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value

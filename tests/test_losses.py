@@ -274,7 +274,7 @@ BAD = [
     (lambda s, t: distill_loss(s, t, temperature=0), "temperature"),
     (lambda s, t: distill_loss(s, t, top_p=0.0), "top_p"),
     (lambda s, t: distill_loss(s, t, top_k=-1), "top_k"),
-    (lambda s, t: distill_loss(s, t, kind="kld"), "unknown KD kind"),
+    (lambda s, t: distill_loss(s, t, kind="kld"), "is not one of"),
     (lambda s, t: distill_loss(s, t, kind="fkl", beta=0.5), "no argument"),
     (lambda s, t: distill_loss(s, t, kind="jsd", beta=1.0), "beta"),
     (lambda s, t: distill_loss(s, t, chunk_size=0), "chunk_size"),

@@ -55,6 +55,8 @@ def type_name(tp) -> str:
             return "list"
         item = type_name(args[0])
         return f"list of ({item})" if " " in item else f"list of {item}"
+    if origin in (dict, Dict):
+        return f"mapping of {type_name(args[0])} to {type_name(args[1])}" if args else "mapping"
     if dataclasses.is_dataclass(tp):
         return f"section `{tp.__name__}`"
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))

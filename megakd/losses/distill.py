@@ -5,8 +5,9 @@ p = softmax(z_t / T), q = softmax(z_s / T), and the loss is NOT multiplied by T^
 wrt the student logits therefore carries a 1/T factor (fkl: (q - p) / T). Why no T^2: in pre-training
 distillation the KD term is mixed with the LM loss by alpha, and the PD paper tunes alpha with T <= 2
 without rescaling; T^2 only matters for large T. Callers who want Hinton's scaling multiply by T^2.
-A SparseTarget is taken as given (produce it at temperature T with `truncate_teacher`); T then applies
-to the student only. `mse` compares z_s / T with z_t / T; `nll` is cross-entropy to the teacher's
+A SparseTarget is taken at the spec's temperature (produce it with `truncate_teacher(logits, spec)`);
+T then applies to the student only, and a truncating spec cuts it again (pass `spec.untruncated()`
+for a target its source already truncated at the spec). `mse` compares z_s / T with z_t / T; `nll` is cross-entropy to the teacher's
 argmax (T applies to the student).
 
 The teacher is a constant (no gradient flows to it). The result is the per-token loss [...], fp32
@@ -23,15 +24,16 @@ backward, and for one backward per forward (a second one, or another autograd us
 fails loudly on its version check).
 """
 
-import math
+from typing import Optional
 
 import torch
 
 from megakd.losses import vocab_parallel as vp
 from megakd.losses.dense import DenseDistill
+from megakd.losses.spec import TargetSpec
 from megakd.losses.sparse import SparseDistill
 from megakd.losses.targets import SparseTarget, keep_top, truncate_teacher
-from megakd.losses.terms import LogitMSE, make_term
+from megakd.losses.terms import LogitMSE
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -39,28 +41,28 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def distill_loss(
     student_logits,
     teacher,
+    spec: Optional[TargetSpec] = None,
     *,
-    kind="fkl",
-    temperature=1.0,
-    top_p=1.0,
-    top_k=0,
     tp_group=None,
     chunk_size=None,
     loss_mask=None,
     labels=None,
     grad_in_logits=False,
-    **kind_args,
+    **loose,
 ):
     """Per-token KD loss [...] between student logits [..., V_local] and a dense or sparse teacher;
-    with `labels`, [2, ...] (LM cross-entropy, KD)."""
-    _check_options(student_logits, temperature, top_p, top_k, chunk_size)
-    term = make_term(kind, kind_args)
+    with `labels`, [2, ...] (LM cross-entropy, KD). `spec` says the kind and the teacher processing;
+    without it, `kind=`, `temperature=`, `top_p=`, `top_k=` and the kind's arguments (e.g. `beta=`)
+    build one."""
+    spec = _spec_of(spec, loose)
+    _check_options(student_logits, chunk_size)
+    kind, temperature, top_p, top_k = spec.kind, spec.temperature, spec.top_p, spec.top_k
+    term = spec.term()
     v_local = student_logits.shape[-1]
     shard = vp.shard_of(tp_group, v_local)
     lead = student_logits.shape[:-1]
     student = student_logits.reshape(-1, v_local)
     rows = _rows(loss_mask, lead)
-    truncating = top_p < 1.0 or top_k > 0
 
     if isinstance(teacher, SparseTarget):
         if kind == "mse":
@@ -68,8 +70,8 @@ def distill_loss(
         _check_sparse(teacher, lead, shard.v_global)
         if kind == "nll":
             teacher = keep_top(teacher, top_k=1)
-        elif truncating:
-            teacher = keep_top(teacher, top_p=top_p, top_k=top_k)
+        elif spec.truncates:
+            teacher = keep_top(teacher, spec)
     elif isinstance(teacher, torch.Tensor):
         if teacher.shape != student_logits.shape:
             raise ValueError(
@@ -78,15 +80,12 @@ def distill_loss(
             )
         if teacher.dtype not in _FLOATS:
             raise ValueError(f"teacher logits must be floating point, got {teacher.dtype}")
-        if kind == "mse":
-            if truncating:
-                raise ValueError("kind 'mse' compares full logits; set top_p=1.0 and top_k=0")
+        if kind == "mse":  # the spec refuses mse with truncation
             term = LogitMSE(vocab=shard.v_global)
-        elif kind == "nll" or truncating:
-            k = 1 if kind == "nll" else top_k
+        elif spec.sparse:
             teacher = truncate_teacher(
-                teacher, temperature=temperature, top_p=1.0 if kind == "nll" else top_p, top_k=k,
-                tp_group=tp_group, chunk_size=chunk_size,
+                teacher, temperature=temperature, top_p=1.0 if kind == "nll" else top_p,
+                top_k=1 if kind == "nll" else top_k, tp_group=tp_group, chunk_size=chunk_size,
             )
     else:
         raise ValueError(f"teacher must be a logits Tensor or a SparseTarget, got {type(teacher).__name__}")
@@ -109,23 +108,27 @@ def distill_loss(
     return loss.reshape(*loss.shape[:-1], *lead)  # [...] or [2, ...]
 
 
-def fuses_lm(teacher, kind, top_p=1.0, top_k=0) -> bool:
-    """Whether distill_loss takes `labels` for this teacher: a SparseTarget, or dense logits it
-    truncates (top_p < 1, top_k > 0 or kind 'nll'); dense logits that stay dense cannot."""
-    if isinstance(teacher, SparseTarget):
-        return True
-    return kind != "mse" and (kind == "nll" or top_p < 1.0 or top_k > 0)
+def fuses_lm(teacher, spec: TargetSpec) -> bool:
+    """Whether distill_loss takes `labels` for this teacher: a SparseTarget, or dense logits the
+    spec truncates (top_p < 1, top_k > 0 or kind 'nll'); dense logits that stay dense cannot."""
+    return isinstance(teacher, SparseTarget) or spec.sparse
 
 
-def _check_options(student, temperature, top_p, top_k, chunk_size):
+def _spec_of(spec, loose) -> TargetSpec:
+    """The spec, or one built (and so validated) from the loose keyword form."""
+    if spec is None:
+        known = {k: loose.pop(k) for k in ("kind", "temperature", "top_p", "top_k") if k in loose}
+        return TargetSpec(kind_args=loose, **known)
+    if not isinstance(spec, TargetSpec):
+        raise ValueError(f"spec must be a TargetSpec, got {type(spec).__name__}")
+    if loose:
+        raise ValueError(f"pass either a TargetSpec or loose settings, not both (got {sorted(loose)})")
+    return spec
+
+
+def _check_options(student, chunk_size):
     if not isinstance(student, torch.Tensor) or student.dtype not in _FLOATS or student.dim() < 1:
         raise ValueError("student_logits must be a floating-point tensor [..., V_local]")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if not (isinstance(top_k, int) and top_k >= 0):
-        raise ValueError(f"top_k must be an int >= 0 (0 = no top-k), got {top_k!r}")
     if chunk_size is not None and not (isinstance(chunk_size, int) and chunk_size > 0):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
 

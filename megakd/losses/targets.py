@@ -7,10 +7,12 @@ Rows have variable length in the offline store, so a slot with id -1 or log-prob
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from megakd.losses import vocab_parallel as vp
+from megakd.losses.spec import TargetSpec
 from megakd.losses.terms import NEG_INF
 
 UNUSED_ID = -1
@@ -28,12 +30,16 @@ class SparseTarget:
         return self.ids.shape[-1]
 
 
-def truncate_teacher(teacher_logits, *, temperature=1.0, top_p=1.0, top_k=0, tp_group=None, chunk_size=None):
+def truncate_teacher(teacher_logits, spec: Optional[TargetSpec] = None, *, temperature=1.0, top_p=1.0, top_k=0,
+                     tp_group=None, chunk_size=None):
     """Dense (vocab-sharded) teacher logits -> SparseTarget: softmax(z / T), keep the top-p nucleus,
-    then at most top_k of it, renormalised over the kept set (PD paper). Selection is global across
+    then at most top_k of it, renormalised over the kept set (PD paper). T, top_p and top_k are the
+    spec's when one is given (the loose keywords are the unchecked primitive). Selection is global across
     TP shards: each rank sends its local top-K candidates (K = top_k, or the whole vocab when top_k
     is 0, which is memory-hungry for a large vocab: set top_k).
     Returns ids/logprobs of shape [..., K] (identical on every TP rank); dropped slots are unused."""
+    if spec is not None:
+        temperature, top_p, top_k = spec.temperature, spec.top_p, spec.top_k
     v_local = teacher_logits.shape[-1]
     shard = vp.shard_of(tp_group, v_local)
     lead = teacher_logits.shape[:-1]
@@ -55,9 +61,12 @@ def truncate_teacher(teacher_logits, *, temperature=1.0, top_p=1.0, top_k=0, tp_
     return SparseTarget(out.ids.reshape(*lead, -1), out.logprobs.reshape(*lead, -1))
 
 
-def keep_top(target: SparseTarget, *, top_p=1.0, top_k=0) -> SparseTarget:
-    """Sort slots by probability; keep the smallest prefix with mass >= top_p, then at most top_k;
-    renormalise the kept slots to sum to 1 (no ghost left). Unused slots stay unused."""
+def keep_top(target: SparseTarget, spec: Optional[TargetSpec] = None, *, top_p=1.0, top_k=0) -> SparseTarget:
+    """Sort slots by probability; keep the smallest prefix with mass >= top_p, then at most top_k
+    (the spec's when given); renormalise the kept slots to sum to 1 (no ghost left). Unused slots
+    stay unused."""
+    if spec is not None:
+        top_p, top_k = spec.top_p, spec.top_k
     logp = torch.where(target.ids >= 0, target.logprobs, NEG_INF)
     logp, order = logp.sort(dim=-1, descending=True, stable=True)
     ids = target.ids.gather(-1, order)

@@ -35,6 +35,13 @@ def _log_mix(w, loga, logb):
     return torch.logaddexp(loga + math.log(w), logb + math.log1p(-w))
 
 
+def _open_unit(term, name):
+    """Refuse a mixing weight outside (0, 1) (at 0 or 1 the skew/JS divergence degenerates)."""
+    value = getattr(term, name)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be in (0, 1) for kind {term.name!r}, got {value}")
+
+
 @dataclass(frozen=True)
 class Term:
     """Base divergence term. Subclasses define f and h; fold is optional."""
@@ -114,6 +121,9 @@ class SkewForwardKL(Term):
     name = "sfkl"
     skew: float = 0.1
 
+    def __post_init__(self):
+        _open_unit(self, "skew")
+
     def f(self, logp, logq):
         return _xlogr(logp.exp(), logp, _log_mix(self.skew, logp, logq))
 
@@ -130,6 +140,9 @@ class SkewReverseKL(Term):
 
     name = "srkl"
     skew: float = 0.1
+
+    def __post_init__(self):
+        _open_unit(self, "skew")
 
     def f(self, logp, logq):
         return _xlogr(logq.exp(), logq, _log_mix(self.skew, logq, logp))
@@ -148,6 +161,9 @@ class JensenShannon(Term):
 
     name = "jsd"
     beta: float = 0.5
+
+    def __post_init__(self):
+        _open_unit(self, "beta")
 
     def f(self, logp, logq):
         logm = _log_mix(self.beta, logp, logq)
@@ -192,7 +208,7 @@ class LogitMSE(Term):
         return (d.s - d.t) * (2.0 / self.vocab)
 
 
-#: kind name -> (term class, allowed keyword arguments)
+#: kind name -> (term class, the arguments a user may set: its own parameters, checked by the term)
 KINDS = {
     "fkl": (ForwardKL, ()),
     "rkl": (ReverseKL, ()),
@@ -206,14 +222,16 @@ KINDS = {
 
 
 def make_term(kind: str, kind_args: dict) -> Term:
-    """Build the term for `kind`, validating its keyword arguments (one-line ValueErrors)."""
+    """Build the term for `kind`, validating its keyword arguments (one-line ValueErrors); the
+    term's own `__post_init__` checks their values."""
     if kind not in KINDS:
         raise ValueError(f"unknown KD kind {kind!r}; choose one of {sorted(KINDS)}")
     cls, allowed = KINDS[kind]
     extra = sorted(set(kind_args) - set(allowed))
     if extra:
-        raise ValueError(f"kind {kind!r} takes no argument(s) {extra}; allowed: {list(allowed) or 'none'}")
-    for key in ("skew", "beta"):
-        if key in kind_args and not 0.0 < float(kind_args[key]) < 1.0:
-            raise ValueError(f"{key} must be in (0, 1) for kind {kind!r}, got {kind_args[key]}")
-    return cls(**{k: float(v) for k, v in kind_args.items()})
+        raise ValueError(f"kind {kind!r} takes no argument(s) {extra}; its parameters: {list(allowed) or 'none'}")
+    try:
+        values = {k: float(v) for k, v in kind_args.items()}
+    except (TypeError, ValueError):
+        raise ValueError(f"kind {kind!r} takes numbers for {list(allowed)}, got {dict(kind_args)}") from None
+    return cls(**values)

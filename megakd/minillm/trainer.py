@@ -57,6 +57,7 @@ class InstructionTrainer:
         self.optimizer = build_optimizer(cfg, [self.ddp])
         self.scheduler = build_scheduler(cfg, self.optimizer)
         self.teacher = None
+        self.spec = cfg.kd.spec()  # method kd: the KD target (kind, kind_args, temperature, top_p, top_k)
         if mm.method != "sft":
             self.teacher = load_teacher(teacher_path(cfg.teacher), ParallelConfig(tp=p.tp), self.tokenizer,
                                         cfg.data.tokenizer, self.model.vocab_size, cfg.teacher_runtime())
@@ -125,8 +126,7 @@ class InstructionTrainer:
             if self.cfg.minillm.method == "kd":
                 with torch.no_grad():
                     target = self.teacher(b["tokens"], b["position_ids"], None)
-                kd = distill_loss(logits, target, kind=k.kind, temperature=k.temperature, top_p=k.top_p,
-                                  top_k=k.top_k, tp_group=ps.get_tensor_model_parallel_group(),
+                kd = distill_loss(logits, target, self.spec, tp_group=ps.get_tensor_model_parallel_group(),
                                   loss_mask=mask)
                 per_token = (1 - k.alpha) * ce + k.alpha * kd
             loss = (per_token * mask).sum()

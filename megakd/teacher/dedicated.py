@@ -160,6 +160,7 @@ class TeacherServer:
     def __init__(self, cfg: Config, split):
         t = cfg.teacher
         self.cfg, self.split = cfg, split
+        self.spec = cfg.kd.spec()
         self.env = platform.init_model_parallel(t.tp, t.pp, cfg.train.seed, cfg.parallel.timeout_minutes)
         self.tokenizer = MegatronTokenizer(load_tokenizer(cfg.data.tokenizer))
         # load_teacher refuses a layout that does not split the teacher and another tokenizer
@@ -241,10 +242,8 @@ class TeacherServer:
         return output, self._truncate
 
     def _truncate(self, logits: torch.Tensor, non_loss_data: bool = True) -> SparseTarget:
-        k = self.cfg.kd
-        target = truncate_teacher(logits, temperature=k.temperature, top_p=k.top_p, top_k=k.top_k,
-                                  tp_group=ps.get_tensor_model_parallel_group())
-        pad = k.top_k - target.k  # a vocabulary smaller than top_k: fill with unused slots
+        target = truncate_teacher(logits, self.spec, tp_group=ps.get_tensor_model_parallel_group())
+        pad = self.spec.top_k - target.k  # a vocabulary smaller than top_k: fill with unused slots
         ids = torch.nn.functional.pad(target.ids, (0, pad), value=UNUSED_ID)
         logprobs = torch.nn.functional.pad(target.logprobs.float(), (0, pad), value=float("-inf"))
         return SparseTarget(ids.cpu(), logprobs.cpu())

@@ -13,6 +13,7 @@ left context. Targets come from `megakd.losses.truncate_teacher`, the trainer's 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ from megakd.data.logits_store import store as st
 from megakd.data.shards import assigned, start_or_resume
 from megakd.errors import ConfigError, DataError, StoreError
 from megakd.inference import right_pad
+from megakd.losses.spec import TargetSpec
 from megakd.platform import comm, faults
 
 RUN_FILE = "dump.json"  # the settings the dump started with: a rerun must match them
@@ -62,8 +64,13 @@ class DumpArgs:
             raise ConfigError("pass exactly one of --teacher CHECKPOINT and --teacher-hf DIR")
         if self.top_k < 1:
             raise ConfigError(f"--top-k must be >= 1 (the store keeps at most top-k ids per token), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0 or not self.temperature > 0:
-            raise ConfigError(f"--top-p must be in (0, 1] and --temperature > 0 (got {self.top_p}, {self.temperature})")
+        try:
+            self.spec
+        except ConfigError as e:  # the spec names kd.* keys: name this tool's flags instead
+            message = str(e)
+            for key in ("temperature", "top_p", "top_k"):
+                message = message.replace(f"kd.{key}", "--" + key.replace("_", "-"))
+            raise ConfigError(message) from None
         if self.window < 1 or not 1 <= self.stride <= self.window:
             raise ConfigError(f"need --window >= 1 and 1 <= --stride <= --window (got {self.window}, {self.stride})")
         if self.micro_batch_size < 1 or self.tp < 1:
@@ -73,6 +80,11 @@ class DumpArgs:
                               f"one of {list(get_args(TransformerImpl))} (got {self.precision}, {self.transformer_impl})")
         st.StoreMeta(vocab_size=1, top_k=self.top_k, codec=self.codec, max_kl=self.max_kl,
                      block_rows=self.block_rows, shard_tokens=self.shard_tokens).validate()
+
+    @functools.cached_property
+    def spec(self) -> TargetSpec:
+        """The truncation the store holds (temperature, top-p, top-k), validated when first built."""
+        return TargetSpec(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
 
 
 def windows(length: int, window: int, stride: int) -> List[Tuple[int, int, int]]:
@@ -107,8 +119,7 @@ def _forward_rows(model, pieces: List[np.ndarray], args: DumpArgs, device) -> Li
     tokens, position_ids = right_pad(pieces)
     with torch.no_grad():
         logits = model(tokens.to(device), position_ids.to(device), None)
-        target = truncate_teacher(logits, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                                  tp_group=ps.get_tensor_model_parallel_group())
+        target = truncate_teacher(logits, args.spec, tp_group=ps.get_tensor_model_parallel_group())
     ids, lp = target.ids.cpu().numpy(), target.logprobs.float().cpu().numpy()
     return [(ids[r, :len(p)], lp[r, :len(p)]) for r, p in enumerate(pieces)]
 
@@ -179,7 +190,7 @@ def dump(args: DumpArgs) -> DumpResult:
     from megakd.teacher.loading import load_teacher, teacher_path
 
     args.validate()
-    meta, lengths = st.dataset_meta(args.data_prefix, st.StoreMeta(vocab_size=1, top_k=args.top_k))
+    meta, lengths = st.dataset_meta(args.data_prefix, st.StoreMeta(vocab_size=1, top_k=args.spec.top_k))
     tokenizer = MegatronTokenizer(load_tokenizer(args.tokenizer))
     env = platform.init_model_parallel(args.tp, 1, seed=0, timeout_minutes=args.timeout_minutes)
     path = teacher_path(TeacherConfig(checkpoint=args.teacher, hf_path=args.teacher_hf))
@@ -194,7 +205,7 @@ def dump(args: DumpArgs) -> DumpResult:
         teacher=os.path.abspath(args.teacher or args.teacher_hf),
         teacher_fingerprint=teacher_fingerprint(path, read_checkpoint_config(path)[1]),
         teacher_precision=args.precision,
-        top_p=args.top_p, temperature=args.temperature, window=args.window, stride=args.stride,
+        top_p=args.spec.top_p, temperature=args.spec.temperature, window=args.window, stride=args.stride,
         codec=args.codec, max_kl=args.max_kl, block_rows=args.block_rows, shard_tokens=args.shard_tokens)
     if _prepare(args, meta):
         if env.rank == 0:

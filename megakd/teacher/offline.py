@@ -26,8 +26,9 @@ def store_dirs(cfg) -> List[str]:
     return [cfg.kd.store] if isinstance(cfg.kd.store, str) else list(cfg.kd.store)
 
 
-def check_store(store, directory: str, kd, tokenizer, tokenizer_path: str) -> bool:
-    """Refuse a store the run cannot use; True when kd.* asks for a tighter truncation than stored.
+def check_store(store, directory: str, spec, tokenizer, tokenizer_path: str) -> bool:
+    """Refuse a store the run cannot use; True when the spec (kd.*) asks for a tighter truncation
+    than stored.
 
     The store was truncated (temperature, top-p, top-k) at dump time: another temperature or a looser
     truncation cannot be recovered from it; a tighter one can (re-truncating the stored rows)."""
@@ -37,16 +38,16 @@ def check_store(store, directory: str, kd, tokenizer, tokenizer_path: str) -> bo
         raise ConfigError(f"store {directory} was dumped with tokenizer {meta.tokenizer or '?'} (vocab "
                           f"fingerprint {meta.vocab_fingerprint}), the student uses {tokenizer_path} "
                           f"({mine}); dump it again with a teacher that shares the student's tokenizer")
-    if kd.temperature != meta.temperature:
-        raise ConfigError(f"kd.temperature={kd.temperature} but store {directory} holds targets at "
+    if spec.temperature != meta.temperature:
+        raise ConfigError(f"kd.temperature={spec.temperature} but store {directory} holds targets at "
                           f"temperature {meta.temperature}; set kd.temperature={meta.temperature} or "
-                          f"dump the store again with --temperature {kd.temperature}")
+                          f"dump the store again with --temperature {spec.temperature}")
     stored_k = meta.top_k or 0
-    if kd.top_p > meta.top_p or (stored_k and not 0 < kd.top_k <= stored_k):
-        raise ConfigError(f"kd.top_p={kd.top_p}, kd.top_k={kd.top_k} keep more than store {directory} "
+    if spec.top_p > meta.top_p or (stored_k and not 0 < spec.top_k <= stored_k):
+        raise ConfigError(f"kd.top_p={spec.top_p}, kd.top_k={spec.top_k} keep more than store {directory} "
                           f"holds (top_p {meta.top_p}, top_k {stored_k}); set kd.top_p<={meta.top_p} "
                           f"and 0<kd.top_k<={stored_k}, or dump again with a looser truncation")
-    return kd.top_p < meta.top_p or (kd.top_k > 0 and (not stored_k or kd.top_k < stored_k))
+    return spec.top_p < meta.top_p or (spec.top_k > 0 and (not stored_k or spec.top_k < stored_k))
 
 
 class OfflineTeacher(TeacherSource):
@@ -57,12 +58,12 @@ class OfflineTeacher(TeacherSource):
     def __init__(self, cfg, tokenizer, last_stage: bool = True):
         from megakd.data.logits_store import open_store
 
-        self.kd = cfg.kd
+        self.spec = cfg.kd.spec()
         prefixes = parse_blend(cfg.data.prefix)[0]
         self.stores, retruncate = [], False
         for directory, prefix in zip(store_dirs(cfg), prefixes):
             store = open_store(directory, prefix)  # StoreError when it is not this dataset's
-            retruncate |= check_store(store, directory, cfg.kd, tokenizer, cfg.data.tokenizer)
+            retruncate |= check_store(store, directory, self.spec, tokenizer, cfg.data.tokenizer)
             self.stores.append(store)
         self.retruncate = retruncate
         self.k = max(s.meta.top_k for s in self.stores)
@@ -95,7 +96,7 @@ class OfflineTeacher(TeacherSource):
         shape = (*batch["doc"].shape, self.k)
         target = SparseTarget(torch.from_numpy(ids).view(shape), torch.from_numpy(logprobs).view(shape))
         if self.retruncate:
-            target = keep_top(target, top_p=self.kd.top_p, top_k=self.kd.top_k)
+            target = keep_top(target, self.spec)
         self.lookup_time += time.perf_counter() - start
         return target
 

@@ -67,6 +67,7 @@ class Trainer:
             lambda _model, *args, **kwargs: finalize_model_grads([self.ddp], *args, **kwargs)
         mconfig.grad_scale_func = self.optimizer.scale_loss
 
+        self.spec = cfg.kd.spec()  # the KD target: kind, kind_args, temperature, top_p, top_k
         self.teacher = teacher_source.build(self) if cfg.kd.source != "none" else None
         self.schedule_model, self.adjust_shapes = self.ddp, None
         if self.teacher is not None:
@@ -146,20 +147,18 @@ class Trainer:
         # the LM and KD losses; the [b, s] batch tensors are transposed to match (views, small).
         logits = sharded_logits(self.model, lambda: model(tokens, positions, None))  # [s, b, V/TP]
         target = self.teacher.targets(batch)  # dense [s, b, V/TP] logits or a SparseTarget [b, s, k]
-        dense = torch.is_tensor(target)
-        if not dense:
-            target = SparseTarget(target.ids.transpose(0, 1), target.logprobs.transpose(0, 1))
-        k = self.cfg.kd
         # Dense teacher logits are truncated here; a SparseTarget arrives truncated by its source.
-        kw = dict(kind=k.kind, temperature=k.temperature, top_p=k.top_p if dense else 1.0,
-                  top_k=k.top_k if dense else 0, tp_group=ps.get_tensor_model_parallel_group(),
-                  loss_mask=batch["loss_mask"].t())
-        if fuses_lm(target, k.kind, kw["top_p"], kw["top_k"]):  # one pass for both: [2, s, b]
+        spec = self.spec
+        if not torch.is_tensor(target):
+            target = SparseTarget(target.ids.transpose(0, 1), target.logprobs.transpose(0, 1))
+            spec = spec.untruncated()
+        kw = dict(tp_group=ps.get_tensor_model_parallel_group(), loss_mask=batch["loss_mask"].t())
+        if fuses_lm(target, spec):  # one pass for both: [2, s, b]
             # nothing else reads the logits, so the backward may write their gradient in place
-            per_token = distill_loss(logits, target, labels=labels.t(), grad_in_logits=True, **kw)
+            per_token = distill_loss(logits, target, spec, labels=labels.t(), grad_in_logits=True, **kw)
         else:  # the target stays dense: megatron's CE, on a copy (it edits its input in place), + KD
             lm = self.model.compute_language_model_loss(labels, logits.clone())  # [b, s]
-            per_token = torch.stack([lm.float().t(), distill_loss(logits, target, **kw)])
+            per_token = torch.stack([lm.float().t(), distill_loss(logits, target, spec, **kw)])
         return per_token.transpose(1, 2), partial(self.loss_func, batch["loss_mask"])
 
     def alpha(self) -> float:

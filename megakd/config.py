@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Dict, List, Literal, NamedTuple, Optional, Uni
 
 import yaml
 
+from megakd import placements
 from megakd.data.blend import parse_blend
 from megakd.errors import ConfigError
 
@@ -179,7 +180,7 @@ class TeacherConfig:
     """Teacher weights: a megakd dist checkpoint (trained or converted; any saved TP/PP)."""
     hf_path: Optional[str] = None
     """Or a local Hugging Face model directory / .gguf file (converted once, cached in $MEGAKD_CACHE)."""
-    placement: Literal["colocated", "dedicated"] = "colocated"
+    placement: Literal[placements.ONLINE] = "colocated"
     """colocated: every student rank runs its slice of the teacher at the student's TP and PP (the
     teacher's layers split over the pipeline stages, its hidden states sent with the student's).
     dedicated: the last teacher.ranks processes of the job run the teacher at its own TP/PP, ahead of
@@ -332,7 +333,7 @@ class Config:
             raise ConfigError(f"train.global_batch_size={t.global_batch_size} is not a multiple of "
                               f"train.micro_batch_size={t.micro_batch_size}")
         if world_size is not None:
-            world_size = self._student_world(world_size)
+            world_size = placements.placement(self).student_world(self, world_size)
             if world_size % (p.tp * p.pp):
                 raise ConfigError(f"world size {world_size} is not a multiple of parallel.tp*parallel.pp"
                                   f"={p.tp * p.pp}; launch a multiple of tp*pp processes")
@@ -391,35 +392,12 @@ class Config:
             raise ConfigError(f"teacher.ranks={tch.ranks} is not a multiple of teacher.tp*teacher.pp="
                               f"{tch.tp * tch.pp}")
 
-    def teacher_runtime(self):
+    def teacher_runtime(self) -> "Runtime":
         """How every teacher load runs the teacher: teacher.precision / teacher.transformer_impl,
         the student's model.* where they are null (resolved here and nowhere else)."""
         t, m = self.teacher, self.model
         return Runtime(precision=t.precision or m.precision,
                        transformer_impl=t.transformer_impl or m.transformer_impl)
-
-    def teacher_groups(self) -> int:
-        """dedicated: how many independent teacher model replicas the teacher ranks form."""
-        return self.teacher.ranks // (self.teacher.tp * self.teacher.pp)
-
-    def _student_world(self, world_size: int) -> int:
-        """The student processes of a job of `world_size` (all of them unless the teacher is
-        dedicated); checks that the teacher ranks leave whole student replicas to serve."""
-        tch, p = self.teacher, self.parallel
-        if tch.placement != "dedicated":
-            return world_size
-        students = world_size - tch.ranks
-        if students <= 0 or students % (p.tp * p.pp):
-            raise ConfigError(f"world size {world_size} must equal student ranks (a multiple of "
-                              f"parallel.tp*parallel.pp={p.tp * p.pp}) + teacher.ranks={tch.ranks}; "
-                              f"launch that many processes or change teacher.ranks")
-        dp = students // (p.tp * p.pp)
-        groups = self.teacher_groups()
-        if groups > dp or (tch.sharing == "per_replica" and groups != dp):
-            raise ConfigError(f"teacher.ranks={tch.ranks} form {groups} teacher groups for {dp} "
-                              f"student data-parallel replicas; teacher.sharing={tch.sharing} needs "
-                              f"{'exactly' if tch.sharing == 'per_replica' else 'at most'} {dp}")
-        return students
 
     def _validate_minillm(self):
         mm = self.minillm

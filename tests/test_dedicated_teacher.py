@@ -105,17 +105,19 @@ def test_teacher_layout_must_split_its_heads_and_layers():
 
 
 def test_schedule_follows_the_trainer_loop_and_checksum_sees_order():
-    """Both roles walk `phases` (train steps, evaluations, exit_interval, resume point); a target for
-    other tokens, even the same tokens in another order, fails the checksum."""
+    """Both roles walk `megakd.schedule` (train steps, evaluations, exit_interval, resume point); a
+    target for other tokens, even the same tokens in another order, fails the checksum."""
     import torch
 
-    from megakd.teacher.dedicated import phases, token_checksum
+    from megakd.schedule import Step, phases, steps
+    from megakd.teacher.dedicated import token_checksum
 
     cfg = load_config(None, ["data.prefix=p", "data.tokenizer=t", "train.iters=6",
                              "train.eval_interval=2", "train.exit_interval=4"])
-    assert list(phases(cfg, 0)) == [("train", 1), ("train", 2), ("valid", 1), ("train", 3),
-                                    ("train", 4), ("valid", 2)]
-    assert list(phases(cfg, 4)) == [("train", 5), ("train", 6), ("valid", 3)]
+    assert list(phases(cfg.train, 0)) == [("train", 1), ("train", 2), ("valid", 1), ("train", 3),
+                                          ("train", 4), ("valid", 2)]
+    assert list(phases(cfg.train, 4)) == [("train", 5), ("train", 6), ("valid", 3)]
+    assert list(steps(cfg.train, 4)) == [Step(5, 0, False), Step(6, 3, False)]
     tokens = torch.tensor([[5, 7, 9], [1, 2, 3]])
     assert token_checksum(tokens) == token_checksum(tokens.clone())
     assert token_checksum(tokens) != token_checksum(tokens[:, [1, 0, 2]])

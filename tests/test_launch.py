@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from megakd.errors import ConfigError
+from megakd.errors import ConfigError, MegakdError
 from dist_utils import REPO, read_metrics, tiny_args
 
 from megakd.launch import plan as launch_plan
@@ -79,10 +79,11 @@ def test_raw_config_keeps_unknown_sections_and_applies_overrides(tmp_path):
 @pytest.mark.parametrize("raw, whole_nodes, want", [
     ({}, True, (2, 8, 16, 0)),
     ({"teacher": {"placement": "colocated", "ranks": 8}}, True, (2, 8, 16, 0)),
-    ({"teacher": {"placement": "dedicated", "ranks": 8}}, True, (3, 8, 16, 8)),
-    ({"teacher": {"placement": "dedicated", "ranks": 16}, "parallel": {"tp": 8, "pp": 2}}, True,
+    ({"kd": {"source": "offline"}, "teacher": {"placement": "colocated"}}, True, (2, 8, 16, 0)),
+    ({"kd": {"source": "online"}, "teacher": {"placement": "dedicated", "ranks": 8}}, True, (3, 8, 16, 8)),
+    ({"kd": {"source": "online"}, "teacher": {"placement": "dedicated", "ranks": 16}, "parallel": {"tp": 8, "pp": 2}}, True,
      (4, 8, 16, 16)),
-    ({"teacher": {"placement": "dedicated", "ranks": 3}}, False, (1, 19, 16, 3)),
+    ({"kd": {"source": "online"}, "teacher": {"placement": "dedicated", "ranks": 3}}, False, (1, 19, 16, 3)),
 ])
 def test_world_is_student_plus_teacher_ranks(raw, whole_nodes, want):
     nodes, per_node = (2, 8) if whole_nodes else (1, 16)
@@ -92,14 +93,16 @@ def test_world_is_student_plus_teacher_ranks(raw, whole_nodes, want):
 
 
 @pytest.mark.parametrize("raw, match", [
-    ({"teacher": {"placement": "dedicated"}}, "needs teacher.ranks"),
-    ({"teacher": {"placement": "dedicated", "ranks": 0}}, "teacher.ranks must be a positive"),
-    ({"teacher": {"placement": "dedicated", "ranks": 4}}, "does not fill whole nodes of 8"),
+    ({"kd": {"source": "online"}, "teacher": {"placement": "dedicated"}}, "needs teacher.ranks: N > 0"),
+    ({"kd": {"source": "online"}, "teacher": {"placement": "dedicated", "ranks": 0}}, "needs teacher.ranks: N > 0"),
+    ({"kd": {"source": "online"}, "teacher": {"placement": "dedicated", "ranks": 4}}, "does not fill whole nodes of 8"),
+    ({"teacher": {"placement": "dedicated", "ranks": 8}}, "placement=dedicated needs kd.source=online"),
+    ({"parallel": {"tp": 0}}, "parallel.tp must be a positive"),
     ({"parallel": {"tp": 3}}, "not a multiple of parallel.tp"),
     ({"teacher": "dedicated"}, "section 'teacher' must be a mapping"),
 ])
 def test_world_errors_name_the_fix(raw, match):
-    with pytest.raises(LaunchError, match=match):
+    with pytest.raises(MegakdError, match=match):
         plan_world(raw, 2, 8, whole_nodes=True)
 
 
@@ -143,7 +146,8 @@ def nemo(tmp_path, monkeypatch, request):
 
 
 def test_slurm_dryrun_counts_dedicated_teacher_ranks(nemo, tmp_path):
-    config = write_yaml(tmp_path / "kd.yaml", "teacher:\n  placement: dedicated\n  ranks: 8\n")
+    config = write_yaml(tmp_path / "kd.yaml", "kd: {source: online}\n"
+                                            "teacher:\n  placement: dedicated\n  ranks: 8\n")
     spec = nemo.LaunchSpec("pretrain_pd", executor="slurm", config=config, nodes=2,
                            gpus_per_node=8, container="img:1", account="acct")
     out = nemo.dryrun(spec)
@@ -156,7 +160,8 @@ def test_slurm_dryrun_counts_dedicated_teacher_ranks(nemo, tmp_path):
 
 
 def test_local_dryrun_adds_teacher_processes(nemo, tmp_path):
-    config = write_yaml(tmp_path / "kd.yaml", "teacher: {placement: dedicated, ranks: 1}\n")
+    config = write_yaml(tmp_path / "kd.yaml", "kd: {source: online}\n"
+                                            "teacher: {placement: dedicated, ranks: 1}\n")
     spec = nemo.LaunchSpec("pretrain_pd", config=config, nproc=2, args=["train.iters=3"])
     out = nemo.dryrun(spec)
     assert "world 3 = 2 student + 1 teacher ranks on 1 node(s) x 3" in out

@@ -141,13 +141,14 @@ def test_layouts_read_the_same_per_token_targets(setup, tiny_corpus, tmp_path):
     from megakd.convert.convert import single_process
     from megakd.data.gpt import BatchStream, build_datasets
     from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer
+    from megakd.teacher.base import TeacherContext
     from megakd.teacher.offline import OfflineTeacher
 
     tok = MegatronTokenizer(load_tokenizer(tiny_corpus[0]))
     rows = setup["rows"]
     for mbs, seq, dp_rank, dp_size in [(2, 32, 0, 1), (3, 48, 1, 2)]:
         cfg = _cfg(tiny_corpus, tmp_path, **KD, **{"kd.store": setup["store"], "train.seq_length": seq})
-        teacher = OfflineTeacher(cfg, tok)
+        teacher = OfflineTeacher(TeacherContext.of(cfg, tok))
         with single_process():
             train, _ = build_datasets(cfg, tok, 64, 0)
         stream = teacher.batches(iter(BatchStream(train, mbs, dp_rank, dp_size, keys=True)))
@@ -186,6 +187,7 @@ def test_one_step_from_the_store_equals_in_process_targets_at_tp1_tp2(setup, tin
 
 def test_store_mismatches_are_one_line_errors(setup, tiny_corpus, tmp_path):
     from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer
+    from megakd.teacher.base import TeacherContext
     from megakd.teacher.offline import OfflineTeacher
 
     tok_dir, prefix = tiny_corpus
@@ -207,10 +209,10 @@ def test_store_mismatches_are_one_line_errors(setup, tiny_corpus, tmp_path):
         cfg = _cfg(tiny_corpus, tmp_path, **{**KD, "kd.store": stores.get(store, setup["store"]),
                                              **overrides})
         with pytest.raises(error, match=message) as e:
-            OfflineTeacher(cfg, tok)
+            OfflineTeacher(TeacherContext.of(cfg, tok))
         assert "\n" not in str(e.value)
-    tighter = OfflineTeacher(_cfg(tiny_corpus, tmp_path, **{**KD, "kd.store": setup["store"],
-                                                            "kd.top_k": 5}), tok)
+    tighter = OfflineTeacher(TeacherContext.of(
+        _cfg(tiny_corpus, tmp_path, **{**KD, "kd.store": setup["store"], "kd.top_k": 5}), tok))
     assert tighter.retruncate
     with pytest.raises(ConfigError, match="one store directory per data.prefix"):
         _cfg(tiny_corpus, tmp_path, **{**KD, "kd.store": f"[{setup['store']}, {setup['store']}]"})

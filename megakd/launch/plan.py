@@ -3,18 +3,19 @@
 Pure Python, no NeMo-Run import, so it is cheap to test and any launcher can reuse it.
 
 World size: the executor flags size the *student* (`--nproc` processes locally, or `--nodes` x
-`--gpus-per-node` on Slurm). With `teacher.placement: dedicated` the teacher runs on its own ranks,
-so the launcher adds `teacher.ranks` processes: world = student ranks + teacher ranks (on Slurm
-rounded into whole nodes; the teacher ranks must fill them).
+`--gpus-per-node` on Slurm). A placement with ranks of its own (`megakd.placements`; today
+`kd.source: online` with `teacher.placement: dedicated`) adds `teacher.ranks` processes: world =
+student ranks + teacher ranks (on Slurm rounded into whole nodes; the teacher ranks must fill them).
 """
 
 import difflib
 import os
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import List, Optional
 
-
-from megakd.config import load_raw
+from megakd import placements
+from megakd.config import KDConfig, ParallelConfig, TeacherConfig, from_dict, load_raw
 from megakd.errors import MegakdError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -74,8 +75,8 @@ def get_recipe(name: str) -> Recipe:
 def read_raw_config(path: Optional[str], overrides: List[str]) -> dict:
     """The YAML file plus `key.sub=value` overrides as a plain dict: no dataclass, no validation.
 
-    The launcher only needs a few keys (parallel sizes, teacher placement) and must accept
-    sections the typed config does not know yet; the entry point validates the full config.
+    The launcher types only the sections it reads (`_typed`: parallel, kd, teacher) and leaves the
+    rest, which may belong to another recipe's arguments, to the entry point.
     Arguments that are not overrides (flags for the entry point) are left to the entry point.
     """
     return load_raw(path, [o for o in overrides if "=" in o and not o.startswith("-")])
@@ -96,19 +97,23 @@ def _positive_int(value, key: str, default: int) -> int:
     return value
 
 
-def teacher_ranks(raw: dict) -> int:
-    """Processes the dedicated teacher needs (0 unless `teacher.placement: dedicated`).
+def _typed(raw: dict) -> SimpleNamespace:
+    """The sections the launcher reads, as the typed config's dataclasses (unknown keys and
+    ill-typed values are the entry point's one-line errors, raised here before launching)."""
+    return SimpleNamespace(**{name: from_dict(cls, _section(raw, name), f"{name}.") for name, cls in
+                              [("parallel", ParallelConfig), ("kd", KDConfig), ("teacher", TeacherConfig)]})
 
-    Read from the raw dict: `teacher.placement` / `teacher.ranks` are not typed config keys yet;
-    wire this to the typed config when the online-teacher issue adds them.
-    """
-    teacher = _section(raw, "teacher")
-    if teacher.get("placement") != "dedicated":
-        return 0
-    if teacher.get("ranks") is None:
-        raise LaunchError("teacher.placement: dedicated needs teacher.ranks: N (the number of "
-                          "processes that run the teacher)")
-    return _positive_int(teacher.get("ranks"), "teacher.ranks", 0)
+
+def teacher_ranks(raw: dict) -> int:
+    """Processes the job runs besides the students: the run's placement's rule (`megakd.placements`,
+    the one `Config.validate` and the trainer use); 0 unless the teacher has ranks of its own."""
+    cfg = _typed(raw)
+    placement = placements.placement(cfg)
+    ranks = placement.teacher_ranks(cfg)
+    if placement.own_ranks and ranks <= 0:
+        raise LaunchError(f"teacher.placement: {placement.name} needs teacher.ranks: N > 0 (the number "
+                          f"of processes that run the teacher), got {ranks}")
+    return ranks
 
 
 @dataclass(frozen=True)
@@ -135,9 +140,9 @@ def plan_world(raw: dict, nodes: int, procs_per_node: int, whole_nodes: bool) ->
     add whole nodes); False on one machine (teacher ranks add processes to it).
     """
     students = nodes * procs_per_node
-    parallel = _section(raw, "parallel")
-    model_parallel = (_positive_int(parallel.get("tp"), "parallel.tp", 1)
-                      * _positive_int(parallel.get("pp"), "parallel.pp", 1))
+    parallel = _typed(raw).parallel
+    model_parallel = (_positive_int(parallel.tp, "parallel.tp", 1)
+                      * _positive_int(parallel.pp, "parallel.pp", 1))
     if students % model_parallel:
         raise LaunchError(f"{students} student ranks are not a multiple of parallel.tp*parallel.pp"
                           f"={model_parallel}; change the process count or the parallel sizes")

@@ -13,49 +13,33 @@ from typing import Dict, List
 
 import torch
 from megatron.core import parallel_state as ps
-from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from megatron.core.distributed import finalize_model_grads
 
 from megakd import platform
 from megakd.config import Config, ParallelConfig
-from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer, vocab_fingerprint
+from megakd.data.tokenizer import vocab_fingerprint
 from megakd.losses import distill_loss
 from megakd.minillm import losses
 from megakd.minillm.data import Example, collate, load_examples, to_device
 from megakd.minillm.evaluate import evaluate
 from megakd.minillm.generate import answer_all, generate, seeded
-from megakd.models import build_model
 from megakd.platform import comm
-from megakd.teacher.loading import hf_checkpoint, load_teacher, teacher_path
+from megakd.teacher.loading import load_teacher, teacher_path
 from megakd import checkpoint
 from megakd.training.logging import MetricsLogger
-from megakd.training.optimizer import build_optimizer, build_scheduler, optimizer_step
+from megakd.training.optimizer import optimizer_step
+from megakd.training.student import set_up_student
 
 
 class InstructionTrainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         p, mm = cfg.parallel, cfg.minillm
-        cfg.validate(platform.init_distributed(p.timeout_minutes).world_size)
-        self.env = platform.init_model_parallel(p.tp, 1, cfg.train.seed, p.timeout_minutes)
+        s = set_up_student(cfg)  # validation keeps instruction runs at parallel.pp=1
+        self.env, self.tokenizer, self.model, self.ddp = s.env, s.tokenizer, s.model, s.ddp
+        self.optimizer, self.scheduler, self.dp_rank, self.dp_size = (s.optimizer, s.scheduler,
+                                                                      s.dp_rank, s.dp_size)
         self.device = self.env.device
-        self.tokenizer = MegatronTokenizer(load_tokenizer(cfg.data.tokenizer))
-        init = None
-        if cfg.model.init_from_hf:  # the HF architecture replaces model.*
-            from megakd.convert import model_config_from_hf
-
-            cfg.model = model_config_from_hf(cfg.model.init_from_hf, base=cfg.model)
-            cfg.validate(self.env.world_size)
-            init = hf_checkpoint(cfg.model.init_from_hf, cfg.model)
-        init = cfg.checkpoint.pretrained or init
-        self.dp_size, self.dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
-        self.model = build_model(cfg.model, p, self.tokenizer.vocab_size, cfg.train.seq_length)
-        if init:
-            checkpoint.load_weights(init, self.model)
-        self.ddp = DistributedDataParallel(
-            self.model.config, DistributedDataParallelConfig(grad_reduce_in_fp32=True), module=self.model)
-        self.optimizer = build_optimizer(cfg, [self.ddp])
-        self.scheduler = build_scheduler(cfg, self.optimizer)
         self.teacher = None
         self.spec = cfg.kd.spec()  # method kd: the KD target (kind, kind_args, temperature, top_p, top_k)
         if mm.method != "sft":

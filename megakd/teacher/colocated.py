@@ -15,7 +15,7 @@ from megatron.core.utils import get_attr_wrapped_model
 
 from megakd.config import ParallelConfig
 from megakd.models import sharded_logits
-from megakd.teacher import TeacherSource
+from megakd.teacher.base import TeacherContext, TeacherSource
 from megakd.teacher.loading import load_teacher, teacher_path
 
 
@@ -56,13 +56,11 @@ class PipelinePair(torch.nn.Module):
 class ColocatedTeacher(TeacherSource):
     """The teacher at the student's TP and PP, run on the same tokens inside the student's pipeline."""
 
-    def __init__(self, trainer):
-        cfg = trainer.cfg
+    def __init__(self, ctx: TeacherContext):
         # Same TP and PP as the student: load_teacher refuses a split the teacher does not allow.
-        self.model = load_teacher(teacher_path(cfg.teacher),
-                                  ParallelConfig(tp=cfg.parallel.tp, pp=cfg.parallel.pp),
-                                  trainer.tokenizer, cfg.data.tokenizer, trainer.model.vocab_size,
-                                  cfg.teacher_runtime())
+        self.model = load_teacher(teacher_path(ctx.teacher),
+                                  ParallelConfig(tp=ctx.parallel.tp, pp=ctx.parallel.pp),
+                                  ctx.tokenizer, ctx.data.tokenizer, ctx.vocab_size, ctx.runtime)
         self.pair = None
 
     def pipeline(self, student) -> Tuple[torch.nn.Module, Optional[Callable]]:

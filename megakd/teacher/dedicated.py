@@ -1,7 +1,7 @@
 """Dedicated teacher ranks: the teacher runs on its own processes at its own TP/PP, forward-only and
 ahead of the students, and sends each student micro-batch's sparse top-k target over the bridge.
 
-No tokens travel: both sides walk the same schedule (`phases`) over the same GPTDataset, the teacher
+No tokens travel: both sides walk the same schedule (`megakd.schedule`) over the same GPTDataset, the teacher
 reading each served student DP replica's BatchStream itself. Each message carries a sequence number
 and a token checksum, so a desync is an error, not silent garbage. Every wait on the other role is
 bounded by teacher.timeout_s and names the silent rank (docs/PLACEMENT.md).
@@ -12,20 +12,21 @@ import json
 import statistics
 import time
 from collections import deque
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List
 
 import torch
 from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megakd import platform
+from megakd import platform, schedule
 from megakd.config import Config, ParallelConfig
 from megakd.data.gpt import BatchStream, build_datasets
 from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer
 from megakd.errors import MegakdError
 from megakd.losses.targets import UNUSED_ID, SparseTarget, truncate_teacher
+from megakd.placements import teacher_groups
 from megakd.platform import comm, faults
-from megakd.teacher import TeacherSource
+from megakd.teacher.base import TeacherContext, TeacherSource
 from megakd.teacher.loading import load_teacher, teacher_path
 
 _HEADER, _LOGPROBS = 1, 2  # message tags on the bridge
@@ -34,18 +35,6 @@ _PLAN_KEY = "megakd/dedicated/plan"
 
 class TeacherError(MegakdError):
     """The other role of a dedicated-teacher job died, hung or sent the wrong targets."""
-
-
-def phases(cfg: Config, start_iteration: int) -> Iterator[Tuple[str, int]]:
-    """The student's micro-batch schedule from `start_iteration`, as the Trainer's loop runs it:
-    ("train", iteration) per step, ("valid", evaluation number) after each step that evaluates."""
-    t = cfg.train
-    for it in range(start_iteration + 1, t.iters + 1):
-        yield "train", it
-        if t.eval_interval and it % t.eval_interval == 0:
-            yield "valid", it // t.eval_interval
-        if t.exit_interval and it % t.exit_interval == 0:
-            return
 
 
 def token_checksum(tokens: torch.Tensor) -> int:
@@ -78,36 +67,36 @@ class DedicatedTeacher(TeacherSource):
     """Student side: receives each micro-batch's SparseTarget from its teacher group's sender rank,
     with receives posted teacher.prefetch steps ahead."""
 
-    def __init__(self, trainer):
-        cfg = trainer.cfg
-        self.cfg, self.split = cfg, platform.roles.current()
-        self.timeout = datetime.timedelta(seconds=cfg.teacher.timeout_s)
-        self.receives = ps.is_pipeline_last_stage()
-        self.shape = (cfg.train.micro_batch_size, cfg.train.seq_length, cfg.kd.top_k)
-        self.ahead = cfg.teacher.prefetch * trainer.num_microbatches
+    def __init__(self, ctx: TeacherContext):
+        self.ctx, self.split = ctx, platform.roles.current()
+        self.timeout = datetime.timedelta(seconds=ctx.teacher.timeout_s)
+        self.receives = ctx.last_stage
+        self.shape = (ctx.train.micro_batch_size, ctx.train.seq_length, ctx.kd.top_k)
+        self.ahead = ctx.teacher.prefetch * ctx.num_microbatches
         self.pending = deque()  # posted receives: (header, logprobs, works)
         self.posted = self.received = 0
         self.total = 0
         self.wait_s = 0.0
-        self.device = trainer.env.device
+        self.device = ctx.device
         self.source = -1
-        self.dp_rank = trainer.dp_rank
+        self.dp_rank = ctx.dp_rank
         if self.receives:
-            self.split.store.set(f"megakd/dedicated/dest/{trainer.dp_rank}/"
+            self.split.store.set(f"megakd/dedicated/dest/{ctx.dp_rank}/"
                                  f"{ps.get_tensor_model_parallel_rank()}", str(self.split.global_rank))
 
-    def start(self, trainer):
+    def start(self, iteration: int, consumed_samples: int):
         """After the student's datasets exist: tell the teacher where the run starts, then post the
         first receives."""
-        if trainer.env.rank == 0:
+        ctx = self.ctx
+        if ctx.rank == 0:
             self.split.store.set(_PLAN_KEY, json.dumps(
-                {"iteration": trainer.iteration, "consumed_samples": trainer.consumed_samples,
-                 "dp": trainer.dp_size, "num_microbatches": trainer.num_microbatches}))
-        per_phase = {"train": trainer.num_microbatches,
-                     "valid": trainer.num_microbatches * self.cfg.train.eval_iters}
-        self.total = sum(per_phase[p] for p, _ in phases(self.cfg, trainer.iteration))
+                {"iteration": iteration, "consumed_samples": consumed_samples,
+                 "dp": ctx.dp_size, "num_microbatches": ctx.num_microbatches}))
+        per_phase = {"train": ctx.num_microbatches,
+                     "valid": ctx.num_microbatches * ctx.train.eval_iters}
+        self.total = sum(per_phase[p] for p, _ in schedule.phases(ctx.train, iteration))
         if self.receives:
-            group = trainer.dp_rank % self.cfg.teacher_groups()
+            group = ctx.dp_rank % teacher_groups(ctx.teacher)
             self.source = int(_get(self.split.store, f"megakd/dedicated/sender/{group}", "teacher"))
             self._post()
 
@@ -171,17 +160,14 @@ class TeacherServer:
         if self.sender:
             split.store.set(f"megakd/dedicated/sender/{self.group}", str(split.global_rank))
         self.plan = json.loads(_get(split.store, _PLAN_KEY, "student"))
-        groups = cfg.teacher_groups()
+        groups = teacher_groups(cfg.teacher)
         self.replicas = [r for r in range(self.plan["dp"]) if r % groups == self.group]
         self.dests = {}
         if self.sender:
             self.dests = {r: [int(_get(split.store, f"megakd/dedicated/dest/{r}/{tp}", "student"))
                               for tp in range(cfg.parallel.tp)] for r in self.replicas}
-        tr = cfg.train
-        evals = (tr.iters // tr.eval_interval + 1) if tr.eval_interval else 0
-        self.train_ds, self.valid_ds = build_datasets(
-            cfg, self.tokenizer, tr.iters * tr.global_batch_size,
-            evals * tr.eval_iters * tr.global_batch_size)
+        self.train_ds, self.valid_ds = build_datasets(cfg, self.tokenizer,
+                                                      *schedule.sample_counts(cfg.train))
         self.pending = deque()  # (student rank, works, tensors kept alive until sent)
         # Students may pause far longer than a step (checkpoint save, evaluation): waiting on them is
         # bounded by the collective timeout, which a hung student also hits among the students.
@@ -198,11 +184,11 @@ class TeacherServer:
         train = {r: self._stream(self.train_ds, r, self.plan["consumed_samples"])
                  for r in self.replicas}
         forward_s, drain_s = [], 0.0  # forward time of each training step; time waiting on students
-        for n, (phase, index) in enumerate(phases(self.cfg, self.plan["iteration"])):
+        for n, (phase, index) in enumerate(schedule.phases(tr, self.plan["iteration"])):
             if phase == "train":
                 streams, count = train, nmb
             else:
-                start = (index - 1) * tr.eval_iters * tr.global_batch_size
+                start = schedule.valid_start(tr, index)
                 streams = {r: self._stream(self.valid_ds, r, start) for r in self.replicas}
                 count = nmb * tr.eval_iters
             batches = [(r, next(streams[r])) for _ in range(count) for r in self.replicas]

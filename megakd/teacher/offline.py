@@ -19,11 +19,11 @@ from megakd.data.tokenizer import vocab_fingerprint
 from megakd.errors import ConfigError
 from megakd.losses.targets import SparseTarget, keep_top
 from megakd.platform import comm
-from megakd.teacher import TeacherSource
+from megakd.teacher.base import TeacherContext, TeacherSource
 
 
-def store_dirs(cfg) -> List[str]:
-    return [cfg.kd.store] if isinstance(cfg.kd.store, str) else list(cfg.kd.store)
+def store_dirs(kd) -> List[str]:
+    return [kd.store] if isinstance(kd.store, str) else list(kd.store)
 
 
 def check_store(store, directory: str, spec, tokenizer, tokenizer_path: str) -> bool:
@@ -55,19 +55,19 @@ class OfflineTeacher(TeacherSource):
 
     needs_keys = True
 
-    def __init__(self, cfg, tokenizer, last_stage: bool = True):
+    def __init__(self, ctx: TeacherContext):
         from megakd.data.logits_store import open_store
 
-        self.spec = cfg.kd.spec()
-        prefixes = parse_blend(cfg.data.prefix)[0]
+        self.spec = ctx.spec
+        prefixes = parse_blend(ctx.data.prefix)[0]
         self.stores, retruncate = [], False
-        for directory, prefix in zip(store_dirs(cfg), prefixes):
+        for directory, prefix in zip(store_dirs(ctx.kd), prefixes):
             store = open_store(directory, prefix)  # StoreError when it is not this dataset's
-            retruncate |= check_store(store, directory, self.spec, tokenizer, cfg.data.tokenizer)
+            retruncate |= check_store(store, directory, self.spec, ctx.tokenizer, ctx.data.tokenizer)
             self.stores.append(store)
         self.retruncate = retruncate
         self.k = max(s.meta.top_k for s in self.stores)
-        self.last_stage = last_stage
+        self.last_stage = ctx.last_stage
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-lookup")
         self.lookup_time = self.wait_time = 0.0
 

@@ -13,21 +13,20 @@ from typing import Dict, Iterator, List
 
 import torch
 from megatron.core import parallel_state as ps
-from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megakd import checkpoint, platform
+from megakd import checkpoint, placements, platform, schedule
 from megakd.config import Config
 from megakd.data.gpt import BatchStream, build_datasets
-from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer, vocab_fingerprint
+from megakd.data.tokenizer import vocab_fingerprint
 from megakd.losses import SparseTarget, distill_loss, fuses_lm, schedules
-from megakd.models import build_model, sharded_logits
+from megakd.models import sharded_logits
 from megakd.platform import comm, faults
-from megakd import teacher as teacher_source
-from megakd.teacher.loading import hf_checkpoint
+from megakd.teacher.base import TeacherContext
 from megakd.training.logging import MetricsLogger
-from megakd.training.optimizer import build_optimizer, build_scheduler, optimizer_step
+from megakd.training.optimizer import optimizer_step
+from megakd.training.student import resumes, set_up_student
 
 
 
@@ -38,27 +37,11 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         p = cfg.parallel
-        platform.init_distributed(p.timeout_minutes)
-        cfg.validate(platform.job_world_size())
-        self.env = platform.init_model_parallel(p.tp, p.pp, cfg.train.seed, p.timeout_minutes)
-        if cfg.model.init_from_hf:  # the HF architecture replaces model.*: check the result again
-            self.hf_init = self._convert_hf_init()
-            cfg.validate(platform.job_world_size())
-        else:
-            self.hf_init = None
-        self.tokenizer = MegatronTokenizer(load_tokenizer(cfg.data.tokenizer))
-        self.dp_size = ps.get_data_parallel_world_size()
-        self.dp_rank = ps.get_data_parallel_rank()
+        s = set_up_student(cfg)
+        self.env, self.tokenizer, self.model, self.ddp = s.env, s.tokenizer, s.model, s.ddp
+        self.optimizer, self.scheduler, self.dp_rank, self.dp_size = (s.optimizer, s.scheduler,
+                                                                      s.dp_rank, s.dp_size)
         self.num_microbatches = cfg.train.global_batch_size // (cfg.train.micro_batch_size * self.dp_size)
-
-        self.model = build_model(cfg.model, p, self.tokenizer.vocab_size, cfg.train.seq_length)
-        self.ddp = DistributedDataParallel(
-            self.model.config,
-            DistributedDataParallelConfig(grad_reduce_in_fp32=True,
-                                          use_distributed_optimizer=p.distributed_optimizer),
-            module=self.model)
-        self.optimizer = build_optimizer(cfg, [self.ddp])
-        self.scheduler = build_scheduler(cfg, self.optimizer)
         mconfig = self.model.config
         mconfig.no_sync_func = self.ddp.no_sync
         # The schedule may run a wrapper around the DDP model (TeacherSource.pipeline): the grads
@@ -68,7 +51,11 @@ class Trainer:
         mconfig.grad_scale_func = self.optimizer.scale_loss
 
         self.spec = cfg.kd.spec()  # the KD target: kind, kind_args, temperature, top_p, top_k
-        self.teacher = teacher_source.build(self) if cfg.kd.source != "none" else None
+        source = placements.placement(cfg).source_class()
+        self.teacher = source(TeacherContext.of(
+            cfg, self.tokenizer, vocab_size=self.model.vocab_size, rank=self.env.rank,
+            dp_rank=self.dp_rank, dp_size=self.dp_size, num_microbatches=self.num_microbatches,
+            last_stage=ps.is_pipeline_last_stage(), device=self.env.device)) if source else None
         self.schedule_model, self.adjust_shapes = self.ddp, None
         if self.teacher is not None:
             self.loss_keys = ["lm loss", "kd loss", "loss"]
@@ -78,14 +65,11 @@ class Trainer:
         self.consumed_samples = 0
         self._load()
 
-        t, c = cfg.train, cfg.checkpoint
-        evals = (t.iters // t.eval_interval + 1) if t.eval_interval else 0
-        self.train_ds, self.valid_ds = build_datasets(
-            cfg, self.tokenizer, t.iters * t.global_batch_size,
-            evals * t.eval_iters * t.global_batch_size)
+        self.train_ds, self.valid_ds = build_datasets(cfg, self.tokenizer,
+                                                      *schedule.sample_counts(cfg.train))
         self.train_iter = self._batches(self.train_ds, self.consumed_samples)
         if self.teacher is not None:
-            self.teacher.start(self)
+            self.teacher.start(self.iteration, self.consumed_samples)
         is_logger = self.env.rank == 0
         self.logger = MetricsLogger(is_logger, cfg.log.tensorboard_dir, cfg.log.metrics_file)
         self.forward_backward = get_forward_backward_func()
@@ -93,27 +77,16 @@ class Trainer:
             n = sum(x.numel() for x in self.model.parameters())
             print(f"megakd: world {self.env.world_size} (tp {p.tp}, pp {p.pp}, dp {self.dp_size}) on "
                   f"{self.env.backend}; stage-0 params {n:,}; start at iteration {self.iteration}; "
-                  f"checkpoints -> {c.save or 'none'}", flush=True)
+                  f"checkpoints -> {cfg.checkpoint.save or 'none'}", flush=True)
 
     # ------------------------------------------------------------------ checkpoints
-    def _convert_hf_init(self) -> str:
-        """model.init_from_hf: take the HF model's architecture; rank 0 converts it once (cached)."""
-        from megakd.convert import model_config_from_hf
-
-        m = self.cfg.model
-        self.cfg.model = model_config_from_hf(m.init_from_hf, base=m)
-        return hf_checkpoint(m.init_from_hf, self.cfg.model)
-
     def _load(self):
-        c = self.cfg.checkpoint
-        if c.load and checkpoint.latest_iteration(c.load) is not None:
-            common = checkpoint.load(c.load, self.model, self.optimizer, self.scheduler)
+        """Resume from checkpoint.load (the start weights were loaded by `set_up_student`)."""
+        if resumes(self.cfg):
+            common = checkpoint.load(self.cfg.checkpoint.load, self.model, self.optimizer,
+                                     self.scheduler)
             self.iteration = common["iteration"]
             self.consumed_samples = common["consumed_samples"]
-        elif c.pretrained:
-            checkpoint.load_weights(c.pretrained, self.model)
-        elif self.hf_init:
-            checkpoint.load_weights(self.hf_init, self.model)
 
     def save(self):
         if not self.cfg.checkpoint.save:
@@ -216,10 +189,10 @@ class Trainer:
         metrics.update(stepped)
         return metrics
 
-    def evaluate(self) -> Dict[str, float]:
+    def evaluate(self, evaluation: int) -> Dict[str, float]:
+        """Evaluation number `evaluation` (1-based) over its train.eval_iters steps of validation data."""
         t = self.cfg.train
-        done = self.iteration // t.eval_interval
-        valid_iter = self._batches(self.valid_ds, (done - 1) * t.eval_iters * t.global_batch_size)
+        valid_iter = self._batches(self.valid_ds, schedule.valid_start(t, evaluation))
         for m in self.ddp.modules():
             m.eval()
         stats = []
@@ -234,24 +207,21 @@ class Trainer:
         t, c, lg = self.cfg.train, self.cfg.checkpoint, self.cfg.log
         self.ddp.train()
         tokens_per_step = t.global_batch_size * t.seq_length
-        while self.iteration < t.iters:
-            faults.maybe_kill_at_iteration(self.iteration + 1)
+        for step in schedule.steps(t, self.iteration):
+            faults.maybe_kill_at_iteration(step.iteration)
             start = time.perf_counter()
             metrics = self.train_step()
-            self.iteration += 1
+            self.iteration = step.iteration
             self.consumed_samples += t.global_batch_size
             elapsed = time.perf_counter() - start
             metrics["tokens/s"] = tokens_per_step / elapsed
             metrics["step time"] = elapsed
             if self.iteration % lg.interval == 0 or self.iteration == t.iters:
                 self.logger.log(self.iteration, metrics)
-            if t.eval_interval and self.iteration % t.eval_interval == 0:
-                self.logger.log(self.iteration, self.evaluate(), prefix="valid")
-            exiting = t.exit_interval and self.iteration % t.exit_interval == 0
-            if c.interval and self.iteration % c.interval == 0 or exiting:
+            if step.evaluation:
+                self.logger.log(self.iteration, self.evaluate(step.evaluation), prefix="valid")
+            if c.interval and self.iteration % c.interval == 0 or step.exit:
                 self.save()
-            if exiting:
-                break
         if c.save and (checkpoint.latest_iteration(c.save) or -1) < self.iteration:
             self.save()
         self.logger.close()
@@ -261,13 +231,12 @@ def run(cfg: Config) -> None:
     """Build a Trainer from a validated config, train, tear down. With a dedicated teacher the job
     is split first, and the teacher ranks serve targets instead of training."""
     try:
-        if cfg.kd.source == "online" and cfg.teacher.placement == "dedicated":
+        placement = placements.placement(cfg)
+        if placement.own_ranks:
             cfg.validate(platform.launched_world_size())
-            split = platform.init_split(cfg.teacher.ranks, cfg.parallel.timeout_minutes)
+            split = platform.init_split(placement.teacher_ranks(cfg), cfg.parallel.timeout_minutes)
             if split.role == platform.roles.TEACHER:
-                from megakd.teacher.dedicated import TeacherServer
-
-                TeacherServer(cfg, split).serve()
+                placement.server_class()(cfg, split).serve()
                 return
         Trainer(cfg).train()
     finally:

@@ -18,6 +18,7 @@ FLOORS: Tuple[Tuple[str, ...], ...] = (
     ("megakd.checkpoint",),
     ("megakd.losses",),
     ("megakd.data",),
+    ("megakd.placements", "megakd.schedule"),
     ("megakd.config",),
     ("megakd.models", "megakd.data.gpt"),
     ("megakd.convert",),
@@ -36,6 +37,8 @@ from each other). Why this order, from the ground up:
                 inference and every trainer share it without depending on each other;
   losses        KD maths on tensors (vocab-parallel terms, truncation of teacher targets);
   data          formats and readers: tokenizers, indexed datasets, blends, shards, the logits store;
+  placements    where the teacher runs (registry of placements; classes named, imported on use) and
+                the train / eval / exit schedule: plain rules on config values, so config may ask them;
   config        the typed config: it checks kinds against the losses' registry and blends with data.blend;
   models        the GPT model built from the config; beside it data.gpt, the datasets built from the config;
   convert       HF <-> megatron-core: builds models, reads and writes checkpoints;
@@ -46,17 +49,9 @@ from each other). Why this order, from the ground up:
   top           the features and entry points built on all of that: MiniPLM, MiniLLM, the launcher.
 """
 
-KNOWN_CIRCLES = (
-    frozenset({"megakd.platform", "megakd.platform.roles"}),
-    frozenset({"megakd.teacher", "megakd.teacher.colocated", "megakd.teacher.dedicated",
-               "megakd.teacher.offline"}),
-)
-"""Circles that remain between a package's __init__ (which holds an interface: platform's start-up,
-teacher.TeacherSource) and its own submodules (roles.init_split calls platform.init_distributed;
-teacher.build imports the sources that subclass TeacherSource). Both sit inside one room, so no floor is
-crossed; they go when those interfaces move out of the __init__ files into named modules (the placement
-work of issue 20: teacher/base.py, platform likewise). Delete an entry once its circle is gone: the
-test fails on a stale entry as on a new circle."""
+KNOWN_CIRCLES: Tuple[frozenset, ...] = ()
+"""Circles allowed for now (none). An entry that is no longer a circle fails the test, as a new circle
+does."""
 
 
 class Import(NamedTuple):

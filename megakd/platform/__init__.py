@@ -6,9 +6,9 @@ teacher roles in `roles`, collectives in `comm`, the CPU layer in `cpu`.
 
 from megakd.platform import cpu, roles
 from megakd.platform.dist import (RENDEZVOUS_VARS, DistEnv, destroy, device, init_distributed,
-                                  init_model_parallel, is_rendezvous_var, seed_everything,
-                                  synchronize)
-from megakd.platform.roles import init_split, job_world_size, launched_world_size
+                                  init_model_parallel, init_split, is_rendezvous_var,
+                                  seed_everything, synchronize)
+from megakd.platform.roles import job_world_size, launched_world_size
 
 __all__ = ["RENDEZVOUS_VARS", "DistEnv", "cpu", "destroy", "device", "init_distributed",
            "init_model_parallel", "init_split", "is_rendezvous_var", "job_world_size",

@@ -86,6 +86,20 @@ def init_distributed(timeout_minutes: float = 10.0, store=None, rank=None,
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device(), backend)
 
 
+def init_split(teacher_ranks: int, timeout_minutes: float = 10.0) -> roles.Split:
+    """Rendezvous with the whole job, then initialise this process's role (megakd.platform.roles) as
+    its default group; a gloo bridge over the whole job carries what the roles send each other."""
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
+    students = world - teacher_ranks
+    role = roles.STUDENT if rank < students else roles.TEACHER
+    first, size = (0, students) if role == roles.STUDENT else (students, teacher_ranks)
+    init_distributed(timeout_minutes, store=dist.PrefixStore(f"megakd/{role}/", store),
+                     rank=rank - first, world_size=size)
+    bridge = dist.ProcessGroupGloo(dist.PrefixStore("megakd/bridge/", store), rank, world, timeout)
+    return roles.set_split(roles.Split(role, rank, world, students, store, bridge))
+
+
 def init_model_parallel(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: float = 10.0):
     """torch.distributed + megatron-core parallel_state (TP x PP x DP) + seeded RNGs."""
     from megatron.core import parallel_state, tensor_parallel

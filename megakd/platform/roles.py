@@ -6,7 +6,6 @@ a role exactly as in a job of that role alone: the student side runs unchanged. 
 over the whole job carries the teacher's targets; the job's store carries small start-up records.
 """
 
-import datetime
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -35,21 +34,11 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init_split(teacher_ranks: int, timeout_minutes: float = 10.0) -> Split:
-    """Rendezvous with the whole job, then initialise this process's role as its default group."""
-    from megakd import platform
-
+def set_split(split: Split) -> Split:
+    """Record this process's split (megakd.platform.dist.init_split makes it)."""
     global _split
-    timeout = datetime.timedelta(minutes=timeout_minutes)
-    store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
-    students = world - teacher_ranks
-    role = STUDENT if rank < students else TEACHER
-    first, size = (0, students) if role == STUDENT else (students, teacher_ranks)
-    platform.init_distributed(timeout_minutes, store=dist.PrefixStore(f"megakd/{role}/", store),
-                              rank=rank - first, world_size=size)
-    bridge = dist.ProcessGroupGloo(dist.PrefixStore("megakd/bridge/", store), rank, world, timeout)
-    _split = Split(role, rank, world, students, store, bridge)
-    return _split
+    _split = split
+    return split
 
 
 def current() -> Optional[Split]:

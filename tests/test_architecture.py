@@ -14,6 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLOORS: Tuple[Tuple[str, ...], ...] = (
     ("megakd", "megakd.errors"),
+    ("megakd.toolargs",),
     ("megakd.platform",),
     ("megakd.checkpoint",),
     ("megakd.losses",),
@@ -32,6 +33,7 @@ entry naming a module holds it). A module may import any room on a floor below i
 of its own room; rooms on one floor are independent (MiniPLM, MiniLLM and the launcher borrow nothing
 from each other). Why this order, from the ground up:
   errors        the error types every layer raises (the root package imports nothing of megakd);
+  toolargs      the tools' typed command-line settings (dataclass fields -> flags), on errors alone;
   platform      devices, process groups, collectives on the right device, fp8, fault-injection hooks;
   checkpoint    dist checkpoints: a service on torch + megatron-core + platform alone, so the converter,
                 inference and every trainer share it without depending on each other;

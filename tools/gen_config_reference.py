@@ -9,7 +9,6 @@ literal that follows each field in the source. New sections and fields appear au
 """
 
 import argparse
-import ast
 import dataclasses
 import importlib
 import inspect
@@ -24,22 +23,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from megakd.errors import cli_main  # noqa: E402
+from megakd.toolargs import field_docs  # noqa: E402
 
 DEFAULT_OUTPUT = os.path.join(REPO, "docs", "CONFIG.md")
 _NO_DEFAULT = object()
-
-
-def field_docs(cls) -> Dict[str, str]:
-    """{field name: the string literal right after its annotation} from the class source."""
-    tree = ast.parse(inspect.getsource(cls).lstrip())
-    body = tree.body[0].body
-    docs = {}
-    for stmt, nxt in zip(body, body[1:]):
-        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                and isinstance(nxt.value.value, str)):
-            docs[stmt.target.id] = inspect.cleandoc(nxt.value.value)
-    return docs
 
 
 def type_name(tp) -> str:

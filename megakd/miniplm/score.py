@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import List, Literal, Optional
 
 import numpy
 import torch
@@ -32,6 +32,7 @@ from megakd.errors import CheckpointError, ConfigError, DataError
 from megakd.inference import load_for_inference, mean_logprobs
 from megakd.miniplm.instances import Instances
 from megakd.platform import comm, faults
+from megakd.toolargs import ToolArgs
 
 FORMAT = "megakd.miniplm.scores/1"
 COLUMNS = ("diff", "teacher", "reference")
@@ -39,19 +40,37 @@ SCORES_FILE, META_FILE, SHARD_DIR, RUN_FILE = "scores.npy", "metadata.json", "sh
 
 
 @dataclass
-class ScoreArgs:
+class ScoreArgs(ToolArgs):
+    """tools/miniplm_score.py's settings (flags: --teacher, --data-prefix, ...)."""
+
     teacher: str
+    """teacher dist checkpoint (dir or iter_* dir)"""
     reference: str
-    data_prefix: Sequence[str]
+    """reference-model dist checkpoint"""
+    data_prefix: List[str]
+    """indexed dataset prefix(es); several = one corpus of several sources"""
     output: str
-    instances: str = "chunks"
+    """scores directory (created)"""
+    instances: Literal["chunks", "documents"] = "chunks"
+    """chunks: fixed-length pieces of the token stream (MiniPLM); documents: one instance per document"""
     instance_length: int = 1024
+    """tokens per chunk (the last chunk of a source is shorter); MiniPLM uses 1025 (1024 predictions)"""
     micro_batch_size: int = 4
+    """instances per forward"""
     shard_size: int = 256
+    """instances per resumable shard file"""
     tp: int = 1
+    """tensor-parallel size of both models"""
     pp: int = 1
+    """pipeline-parallel size of both models (megatron-core schedule, forward only)"""
     timeout_minutes: float = 60.0
-    progress: Optional[bool] = True
+    """collective timeout (ranks wait for each other at the end)"""
+    progress: bool = True
+    """progress bar"""
+
+    def validate(self) -> None:
+        if self.micro_batch_size < 1 or self.shard_size < 1:
+            raise ConfigError("--micro-batch-size and --shard-size must be >= 1")
 
 
 def score_batch(teacher, reference, batch, device) -> Optional[numpy.ndarray]:
@@ -132,8 +151,7 @@ def score(args: ScoreArgs) -> ScoreResult:
 
     from megakd import platform
 
-    if args.micro_batch_size < 1 or args.shard_size < 1:
-        raise ConfigError("--micro-batch-size and --shard-size must be >= 1")
+    args.validate()
     instances = Instances(args.data_prefix, args.instances, args.instance_length)
     env = platform.init_model_parallel(args.tp, args.pp, seed=0,
                                        timeout_minutes=args.timeout_minutes)

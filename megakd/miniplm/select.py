@@ -18,7 +18,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, Literal, Optional
 
 import numpy
 
@@ -26,22 +26,47 @@ from megakd.data.indexed import write_indexed
 from megakd.errors import ConfigError
 from megakd.miniplm.instances import Instances, check_same_data
 from megakd.miniplm.score import read_scores
+from megakd.toolargs import ToolArgs
 
 MODES = ("top", "sample")
 
 
 @dataclass
-class SelectArgs:
+class SelectArgs(ToolArgs):
+    """tools/miniplm_select.py's settings (flags: --scores, --ratio, ...)."""
+
     scores: str
-    data_prefix: Sequence[str]
+    """directory written by tools/miniplm_score.py"""
+    data_prefix: List[str]
+    """the dataset prefix(es) that were scored, in the same order"""
     output_prefix: str
+    """writes OUT.bin/.idx (+ .stats.json, .hist.png)"""
     ratio: float = 0.5
-    mode: str = "top"
+    """fraction of instances to keep"""
+    mode: Literal["top", "sample"] = "top"
+    """top: deterministic top-k by diff (MiniPLM); sample: Gumbel-top-k"""
     temperature: float = 1.0
+    """sample mode: P ∝ exp(diff/T)"""
     seed: int = 0
+    """sample mode: random seed"""
     tokenizer: Optional[str] = None
+    """the corpus' (teacher's) tokenizer: split kept instances at EOD into documents; needed with
+    --student-tokenizer"""
     student_tokenizer: Optional[str] = None
+    """re-tokenize the kept text with this tokenizer (cross-family)"""
     plot: bool = True
+    """histogram PNG"""
+
+    def validate(self) -> None:
+        if not 0 < self.ratio <= 1:
+            raise ConfigError(f"--ratio must be in (0, 1], got {self.ratio}")
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "sample" and not self.temperature > 0:
+            raise ConfigError(f"--temperature must be > 0, got {self.temperature}")
+        if self.student_tokenizer and not self.tokenizer:
+            raise ConfigError("--student-tokenizer needs --tokenizer (the teacher's tokenizer, to turn "
+                              "the scored tokens back into text)")
 
 
 def num_kept(n: int, ratio: float) -> int:
@@ -70,15 +95,7 @@ def _summary(x: numpy.ndarray) -> dict:
 
 def select(args: SelectArgs) -> dict:
     """Choose, write OUTPUT_PREFIX.bin/.idx, .stats.json and .hist.png; returns the stats."""
-    if not 0 < args.ratio <= 1:
-        raise ConfigError(f"--ratio must be in (0, 1], got {args.ratio}")
-    if args.mode not in MODES:
-        raise ConfigError(f"--mode must be one of {MODES}, got {args.mode!r}")
-    if args.mode == "sample" and not args.temperature > 0:
-        raise ConfigError(f"--temperature must be > 0, got {args.temperature}")
-    if args.student_tokenizer and not args.tokenizer:
-        raise ConfigError("--student-tokenizer needs --tokenizer (the teacher's tokenizer, to turn "
-                          "the scored tokens back into text)")
+    args.validate()
     scores, meta = read_scores(args.scores)
     im = meta["instances"]
     instances = Instances(args.data_prefix, im["mode"], im["length"] or 1024)

@@ -19,7 +19,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Tuple, get_args
+from typing import List, Literal, Optional, Tuple, get_args
 
 import numpy as np
 import torch
@@ -32,32 +32,55 @@ from megakd.errors import ConfigError, DataError, StoreError
 from megakd.inference import right_pad
 from megakd.losses.spec import TargetSpec
 from megakd.platform import comm, faults
+from megakd.toolargs import ToolArgs, flag
 
 RUN_FILE = "dump.json"  # the settings the dump started with: a rerun must match them
 
 
 @dataclass
-class DumpArgs:
+class DumpArgs(ToolArgs):
+    """tools/dump_teacher_logits.py's settings (flags: --data-prefix, --top-p, ...)."""
+
     data_prefix: str
+    """indexed dataset prefix (<prefix>.bin/.idx)"""
     tokenizer: str
+    """the dataset's tokenizer (dir or .gguf); must be the teacher's"""
     output: str
-    teacher: Optional[str] = None  # megakd dist checkpoint
-    teacher_hf: Optional[str] = None  # or a local HF model dir / .gguf (converted once, cached)
-    precision: str = "fp32"  # what the teacher runs in (no student to follow here)
-    transformer_impl: str = "auto"  # the teacher's layer spec, as model.transformer_impl
+    """store directory (created)"""
+    teacher: Optional[str] = None
+    """teacher megakd dist checkpoint (dir or iter_* dir)"""
+    teacher_hf: Optional[str] = None
+    """or a local Hugging Face model dir / .gguf (converted once, cached)"""
+    precision: Precision = "fp32"
+    """what the teacher runs in (recorded in the store; no student to follow here); bf16 halves its memory"""
+    transformer_impl: TransformerImpl = "auto"
+    """the teacher's layer spec (auto: Transformer Engine where TE and CUDA are)"""
     top_p: float = 0.95
+    """nucleus kept per token (PD paper: 0.95)"""
     top_k: int = 100
+    """at most this many ids per token (PD paper: 50-100)"""
     temperature: float = 1.0
+    """teacher temperature before truncation"""
     window: int = 2048
+    """tokens per teacher forward; longer documents get overlapping windows"""
     stride: int = 1536
+    """window step: every token past the first window has >= window - stride tokens of context"""
     tp: int = 1
+    """tensor-parallel size of the teacher"""
     micro_batch_size: int = 4
-    codec: str = "zlib"
+    """windows per forward"""
+    codec: Literal["zlib", "lzma"] = "zlib"
+    """block compression (lzma: ~8% smaller, slower)"""
     max_kl: float = 1e-3
+    """per-token bound on KL(stored || exact truncated) of the quantised probabilities"""
     block_rows: int = 1024
+    """token positions per compressed block"""
     shard_tokens: int = 1 << 17
-    progress: bool = True
+    """tokens per resumable shard file"""
     timeout_minutes: float = 60.0
+    """collective timeout"""
+    progress: bool = True
+    """progress bar"""
 
     def validate(self) -> None:
         if (self.teacher is None) == (self.teacher_hf is None):
@@ -69,7 +92,7 @@ class DumpArgs:
         except ConfigError as e:  # the spec names kd.* keys: name this tool's flags instead
             message = str(e)
             for key in ("temperature", "top_p", "top_k"):
-                message = message.replace(f"kd.{key}", "--" + key.replace("_", "-"))
+                message = message.replace(f"kd.{key}", flag(key))
             raise ConfigError(message) from None
         if self.window < 1 or not 1 <= self.stride <= self.window:
             raise ConfigError(f"need --window >= 1 and 1 <= --stride <= --window (got {self.window}, {self.stride})")

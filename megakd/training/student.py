@@ -15,7 +15,7 @@ from megakd.config import Config
 from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer
 from megakd.models import build_model
 from megakd.teacher.loading import hf_checkpoint
-from megakd.training import checkpoint
+from megakd import checkpoint
 from megakd.training.optimizer import build_optimizer, build_scheduler
 
 

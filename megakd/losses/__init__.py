@@ -1,5 +1,5 @@
 """KD losses: dense and sparse teacher targets, vocab-parallel fused autograd functions,
-teacher-logits processing (temperature, top-p, top-k) and alpha schedules. See DESIGN.md section 4.
+teacher-logits processing (temperature, top-p, top-k) and alpha schedules. Where it sits: docs/ARCHITECTURE.md.
 
     spec = TargetSpec("fkl", temperature=T, top_p=..., top_k=...)   # or cfg.kd.spec(); validated here
     loss = distill_loss(student_logits, teacher, spec, tp_group=tp_group, loss_mask=mask)  # per token [...]

@@ -5,7 +5,7 @@ CUDA directly. `install()` patches exactly those, and only when CUDA is absent, 
 megatron-core code paths (TP layers, 1F1B pipeline, DDP + distributed optimizer, dist_checkpointing)
 run on gloo. Nothing here is active on a GPU machine.
 
-What is handled (DESIGN.md §5):
+What is handled:
 - factory calls with ``device="cuda"`` / an int device, ``Tensor.cuda()``, ``Tensor.to("cuda")``: mapped
   to CPU by a TorchFunctionMode (thread-local: entered on the main thread, where megatron runs);
 - ``Tensor.type()`` with no argument reports ``torch.cuda.*Tensor`` because the optimizers and grad

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install, then run the whole test suite (CPU, ~18 minutes on 2 cores).
+# Install, then run the whole test suite (CPU, ~25 minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -94,7 +94,8 @@ def median_step(rows: dict, warmup: int) -> float:
 
 
 def bare_forward(ckpt: str, seq: int, mbs: int, vocab: int, steps: int) -> float:
-    """Worker: tokens/s of the teacher's forward alone (bf16 as saved), batches of the dump's shape."""
+    """Worker: tokens/s of the teacher's forward alone (in the precision it was saved in, which the
+    dump is told to run at too), batches of the dump's shape."""
     import torch
 
     from megakd import platform
@@ -160,7 +161,8 @@ def main():
     out = run([sys.executable, os.path.join(REPO, "tools", "dump_teacher_logits.py"), "--teacher", teacher,
                "--tokenizer", tok_dir, "--data-prefix", prefix, "--output", store,
                "--top-p", str(TRUNC["top_p"]), "--top-k", str(TRUNC["top_k"]), "--window", str(s["seq"]),
-               "--stride", str(s["seq"]), "--micro-batch-size", str(s["mbs"]), "--no-progress"],
+               "--stride", str(s["seq"]), "--micro-batch-size", str(s["mbs"]), "--precision", a.precision,
+               "--no-progress"],
               os.path.join(a.work, "dump.log"))
     done = re.search(r"([0-9,]+) tokens on rank 0 in ([0-9.]+) s", out)
     offline = train("offline", a.work, student, kd + ["kd.source=offline", f"kd.store={store}"], a.iters)

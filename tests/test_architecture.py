@@ -21,7 +21,7 @@ FLOORS: Tuple[Tuple[str, ...], ...] = (
     ("megakd.data",),
     ("megakd.placements", "megakd.schedule"),
     ("megakd.config",),
-    ("megakd.models", "megakd.data.gpt"),
+    ("megakd.models",),
     ("megakd.convert",),
     ("megakd.inference",),
     ("megakd.teacher",),
@@ -42,7 +42,7 @@ from each other). Why this order, from the ground up:
   placements    where the teacher runs (registry of placements; classes named, imported on use) and
                 the train / eval / exit schedule: plain rules on config values, so config may ask them;
   config        the typed config: it checks kinds against the losses' registry and blends with data.blend;
-  models        the GPT model built from the config; beside it data.gpt, the datasets built from the config;
+  models        the GPT model built from the config;
   convert       HF <-> megatron-core: builds models, reads and writes checkpoints;
   inference     forward-only helpers (load a checkpoint for inference, per-token NLL) on convert;
   teacher       the teacher sources and the producer of offline targets (the dump): load via convert,

@@ -64,7 +64,7 @@ def test_missing_file_and_defaults(tmp_path):
 
 
 def test_teacher_runs_as_the_student_unless_set():
-    from megakd.models import Runtime
+    from megakd.config import Runtime
 
     cfg = load_config(TINY, ["model.precision=bf16", "model.transformer_impl=local"])
     assert cfg.teacher.precision is None and cfg.teacher.transformer_impl is None

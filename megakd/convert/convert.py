@@ -68,7 +68,7 @@ def single_process():
 
 def _build(m: ModelConfig, runtime, vocab_size: int, seq_length: int,
            parallel: Optional[ParallelConfig] = None):
-    """megakd's GPTModel of `m`, run as `runtime` (a megakd.models.Runtime), at the current layout."""
+    """megakd's GPTModel of `m`, run as `runtime` (a megakd.config.Runtime), at the current layout."""
     from megakd.models import build_model
 
     return build_model(runtime.apply(m), parallel or ParallelConfig(), vocab_size, seq_length)
@@ -77,7 +77,7 @@ def _build(m: ModelConfig, runtime, vocab_size: int, seq_length: int,
 def _local(precision: str):
     """How conversion builds: the local spec runs without a GPU and has the parameter names
     families.py maps; megatron-core saves it under the TE spec's keys, so either spec loads it."""
-    from megakd.models import Runtime
+    from megakd.config import Runtime
 
     return Runtime(precision=precision, transformer_impl="local")
 
@@ -136,7 +136,7 @@ def read_checkpoint_config(ckpt: str) -> Tuple[ModelConfig, dict]:
 
 def load_checkpoint_model(ckpt: str, parallel: Optional[ParallelConfig] = None, runtime=None):
     """Build the model a checkpoint describes at the current megatron parallel layout and load its
-    weights (saved at any TP/PP). `runtime` (megakd.models.Runtime): the precision and layer spec it
+    weights (saved at any TP/PP). `runtime` (megakd.config.Runtime): the precision and layer spec it
     runs with; default: the precision it was saved in, at the local spec. Needs megatron
     parallel_state initialised. Returns (model, common)."""
     from megakd import checkpoint

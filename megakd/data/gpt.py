@@ -14,13 +14,12 @@ import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
-from megakd.config import Config
 from megakd.data.blend import parse_blend
 from megakd.data.indexed import open_indexed
 from megakd.errors import DataError
 
 
-def dataset_config(cfg: Config, tokenizer) -> GPTDatasetConfig:
+def dataset_config(cfg, tokenizer) -> GPTDatasetConfig:
     prefixes, weights = parse_blend(cfg.data.prefix)
     return GPTDatasetConfig(
         random_seed=cfg.train.seed,
@@ -37,8 +36,9 @@ def dataset_config(cfg: Config, tokenizer) -> GPTDatasetConfig:
     )
 
 
-def build_datasets(cfg: Config, tokenizer, num_train_samples: int, num_valid_samples: int):
-    """(train, valid) GPTDatasets; rank 0 builds the index caches first, the others then load them.
+def build_datasets(cfg, tokenizer, num_train_samples: int, num_valid_samples: int):
+    """(train, valid) GPTDatasets of a run's config `cfg` (its data.* and train.seed/seq_length: read,
+    not imported, so the data floor stays below the config); rank 0 builds the index caches first, the others then load them.
 
     A split that is not wanted (0 samples) is not built at all (valid is None then): megatron-core
     would otherwise still index it, and loop forever if its share of documents rounds to none.

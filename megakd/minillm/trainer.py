@@ -15,7 +15,7 @@ import torch
 from megatron.core import parallel_state as ps
 from megatron.core.distributed import finalize_model_grads
 
-from megakd import platform
+from megakd import checkpoint, platform
 from megakd.config import Config, ParallelConfig
 from megakd.data.tokenizer import vocab_fingerprint
 from megakd.losses import distill_loss
@@ -25,7 +25,6 @@ from megakd.minillm.evaluate import evaluate
 from megakd.minillm.generate import answer_all, generate, seeded
 from megakd.platform import comm
 from megakd.teacher.loading import load_teacher, teacher_path
-from megakd import checkpoint
 from megakd.training.logging import MetricsLogger
 from megakd.training.optimizer import optimizer_step
 from megakd.training.student import set_up_student

@@ -55,10 +55,8 @@ def all_gather(tensor: torch.Tensor, group=None) -> List[torch.Tensor]:
 
 
 def barrier(group=None) -> None:
-    if "nccl" in str(dist.get_backend(group)):  # NCCL needs the device, or it guesses and warns
-        dist.barrier(group=group, device_ids=[torch.cuda.current_device()])
-    else:
-        dist.barrier(group=group)
+    dev = group_device(group)  # NCCL needs the device, or it guesses and warns
+    dist.barrier(group=group, device_ids=[dev.index] if dev.type == "cuda" else None)
 
 
 def broadcast_object(obj, src: int = 0, group=None):

@@ -209,7 +209,7 @@ def dump(args: DumpArgs) -> DumpResult:
     from megakd.convert.convert import read_checkpoint_config
     from megakd.data.indexed import open_indexed
     from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer, vocab_fingerprint
-    from megakd.models import Runtime
+    from megakd.config import Runtime
     from megakd.teacher.loading import load_teacher, teacher_path
 
     args.validate()

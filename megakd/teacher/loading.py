@@ -57,7 +57,7 @@ def check_layout(path: str, m, parallel: ParallelConfig):
 def load_teacher(path: str, parallel: ParallelConfig, tokenizer, tokenizer_path: str,
                  padded_vocab: Optional[int] = None, runtime=None):
     """The teacher model (eval, frozen) of checkpoint `path` at layout `parallel`, run as `runtime`
-    (megakd.models.Runtime; default: as saved, at the local spec).
+    (megakd.config.Runtime; default: as saved, at the local spec).
 
     Refuses a teacher trained with another tokenizer (vocab fingerprint, when the checkpoint records
     one) or with more token ids than the student's tokenizer. `padded_vocab`: the student's padded

@@ -10,12 +10,11 @@ from typing import Any
 from megatron.core import parallel_state as ps
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
-from megakd import platform
+from megakd import checkpoint, platform
 from megakd.config import Config
 from megakd.data.tokenizer import MegatronTokenizer, load_tokenizer
 from megakd.models import build_model
 from megakd.teacher.loading import hf_checkpoint
-from megakd import checkpoint
 from megakd.training.optimizer import build_optimizer, build_scheduler
 
 
